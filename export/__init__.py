@@ -1,0 +1,1 @@
+"""Checkpoint -> ONNX export under the model contract (``models/README.md``), with parity checks."""

@@ -1,0 +1,275 @@
+"""The streaming engine: a pure block step and a thin stateful wrapper.
+
+``engine_step(plan, block, state) -> (out, state)`` takes any number of frames at the stream's rate
+and returns exactly as many, delayed by ``plan.latency`` samples. Inside, audio may be resampled to
+the model's rate, gathered into whole hops, run through the ONNX step, resampled back and queued.
+
+Why the output is identical for every block size: every stage emits all the output its input so far
+allows (the resampler's output count depends only on the total input count, the model runs on whole
+hops), so the sequence of samples entering the output queue is a function of the input signal alone.
+The queue starts with ``prefill`` zeros, the worst-case hold-back of that chain over every possible
+input count, so a request for N frames can always be served. Total latency = chain delay + prefill,
+exact and constant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from stream.model import SessionOptions, StepModel
+from stream.resample import Resampler
+
+# Model calls are capped at this many hops, which bounds memory for huge blocks while keeping the
+# per-call overhead negligible (measured: 64 hops per call runs ~4x faster per sample than 1 hop).
+MAX_HOPS_PER_CALL = 64
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything about a stream that does not change while it runs."""
+
+    model: StepModel
+    sample_rate: int
+    channels: int
+    rs_in: Resampler | None
+    rs_out: Resampler | None
+    prefill: int  # zeros queued at the output, in stream samples
+    latency: int  # total delay, in stream samples
+
+    @property
+    def resampler_latency(self) -> int:
+        """The resamplers' share of ``latency`` in stream samples (0 at the model's rate)."""
+        if self.rs_in is None:
+            return 0
+        model_only = self.model.step_latency + self.model.hop - 1
+        return self.latency - round(model_only * self.sample_rate / self.model.sample_rate)
+
+
+@dataclass(frozen=True)
+class EngineState:
+    """Everything that changes: model state, resampler states, partial hop, queued output."""
+
+    model: dict[str, np.ndarray]
+    rs_in: object | None
+    rs_out: object | None
+    pending: np.ndarray  # [channels, < hop] model-rate input waiting for a whole hop
+    queue: np.ndarray  # [channels, k] stream-rate output not yet returned
+    nonfinite_inputs: int = 0
+
+
+def make_plan(model: StepModel, sample_rate: int, channels: int) -> Plan:
+    """Build resamplers for ``sample_rate`` and compute the exact latency and output prefill."""
+    if not 8000 <= sample_rate <= 384000:
+        raise ValueError(f"sample rate {sample_rate} Hz is outside 8 kHz..384 kHz")
+    if channels < 1:
+        raise ValueError("channels must be >= 1")
+    hop, fs_m = model.hop, model.sample_rate
+    if sample_rate == fs_m:
+        return Plan(model, sample_rate, channels, None, None, prefill=hop - 1, latency=model.step_latency + hop - 1)
+    rs_in = Resampler(sample_rate, fs_m)
+    # Delay so far, in stream samples, as a fraction a / q_out with the output resampler's q.
+    probe = Resampler(fs_m, sample_rate)
+    p, q = probe.p, probe.q  # stream = model * p / q
+    # chain delay * q = (in-resampler delay in model samples + step latency + out half) * p
+    # with in-resampler delay = half_in * p_in / q_in model samples = half_in * q / p stream... keep
+    # it in stream samples: half_in (stream) + (step + half_out) * p / q + f / q.
+    numer = rs_in.half * q + (model.step_latency + probe.half) * p
+    f = (-numer) % q
+    rs_out = Resampler(fs_m, sample_rate, extra_delay=f)
+    chain_delay = (numer + f) // q
+    prefill = _max_holdback(rs_in, hop, rs_out)
+    return Plan(model, sample_rate, channels, rs_in, rs_out, prefill, chain_delay + prefill)
+
+
+def _max_holdback(rs_in: Resampler, hop: int, rs_out: Resampler) -> int:
+    """max over N of N - P(N), where P(N) is the chain's output count after N input samples.
+
+    The pattern of counts repeats with a period of at most lcm of the stages' periods; scanning
+    a few hundred thousand input counts covers it for every rate pair in 8..384 kHz.
+    """
+    period = rs_in.q * hop * rs_out.q
+    n = np.arange(0, min(period * 2, 400_000) + 1, dtype=np.int64)
+    model_in = (n * rs_in.p + rs_in.f + rs_in.q - 1) // rs_in.q
+    model_out = (model_in // hop) * hop
+    produced = (model_out * rs_out.p + rs_out.f + rs_out.q - 1) // rs_out.q
+    return int(np.max(n - produced))
+
+
+def initial_state(plan: Plan) -> EngineState:
+    c = plan.channels
+    return EngineState(
+        model=plan.model.initial_state(c),
+        rs_in=plan.rs_in.initial_state(c) if plan.rs_in else None,
+        rs_out=plan.rs_out.initial_state(c) if plan.rs_out else None,
+        pending=np.zeros((c, 0), np.float32),
+        queue=np.zeros((c, plan.prefill), np.float32),
+    )
+
+
+def _run_model(model: StepModel, x: np.ndarray, mstate: dict) -> tuple[np.ndarray, dict]:
+    """Run whole hops ``x`` [channels, k * hop] through the model, at most MAX_HOPS_PER_CALL per call."""
+    span = MAX_HOPS_PER_CALL * model.hop
+    if x.shape[1] <= span:
+        return model.run(x, mstate)
+    outs = []
+    for start in range(0, x.shape[1], span):
+        y, mstate = model.run(np.ascontiguousarray(x[:, start : start + span]), mstate)
+        outs.append(y)
+    return np.concatenate(outs, axis=1), mstate
+
+
+def engine_step(plan: Plan, block: np.ndarray, state: EngineState) -> tuple[np.ndarray, EngineState]:
+    """Process one block.
+
+    Args:
+        block: float32 [channels, frames] at ``plan.sample_rate``; any frames >= 0.
+    Returns:
+        (float32 [channels, frames] output delayed by ``plan.latency`` samples, new state).
+    """
+    x = np.asarray(block, dtype=np.float32)
+    bad = ~np.isfinite(x)
+    nonfinite = state.nonfinite_inputs
+    if bad.any():
+        # A single NaN would otherwise spread through the LSTM state and silence the stream for good.
+        x = np.where(bad, np.float32(0.0), x)
+        nonfinite += int(bad.sum())
+    rs_in, rs_out = state.rs_in, state.rs_out
+    if plan.rs_in is not None:
+        x, rs_in = plan.rs_in.step(x, rs_in)
+    buf = np.concatenate([state.pending, x], axis=1) if state.pending.shape[1] else x
+    hop = plan.model.hop
+    whole = (buf.shape[1] // hop) * hop
+    mstate = state.model
+    if whole:
+        y, mstate = _run_model(plan.model, np.ascontiguousarray(buf[:, :whole]), mstate)
+        if not all(np.isfinite(v).all() for v in mstate.values()):
+            mstate = plan.model.initial_state(plan.channels)
+        if plan.rs_out is not None:
+            y, rs_out = plan.rs_out.step(y, rs_out)
+        queue = np.concatenate([state.queue, y], axis=1)
+    else:
+        queue = state.queue
+    n = block.shape[-1]
+    out, rest = queue[:, :n], queue[:, n:]
+    new = EngineState(mstate, rs_in, rs_out, buf[:, whole:].copy(), rest, nonfinite)
+    return out, new
+
+
+@dataclass
+class Dereverberator:
+    """Streaming dereverberation of any block size, with state carried between calls.
+
+    Args:
+        model: path to a contract-following .onnx, or a loaded ``StepModel``; ``None`` = shipped default.
+        sample_rate: the stream's rate in Hz (default: the model's). Other rates are resampled inside.
+        channels: independent channels; each carries its own state.
+        mix: 1.0 = fully dereverberated, 0.0 = the input (delayed to match), in between = wet/dry.
+        threads: ONNX Runtime intra-op threads.
+
+    ``process(block)`` takes float32 [frames, channels] (or [frames] for mono) and returns the same
+    shape, delayed by ``latency_samples``; ``flush()`` returns the last ``latency_samples`` frames
+    and resets; ``reset()`` clears all state.
+    """
+
+    model: str | Path | StepModel | None = None
+    sample_rate: int | None = None
+    channels: int = 1
+    mix: float = 1.0
+    threads: int = 1
+    plan: Plan = field(init=False, repr=False)
+    state: EngineState = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mix <= 1.0:
+            raise ValueError(f"mix must be within 0..1, got {self.mix}")
+        step_model = self.model if isinstance(self.model, StepModel) else StepModel.load(
+            self.model, SessionOptions(threads=self.threads)
+        )
+        rate = self.sample_rate or step_model.sample_rate
+        self.plan = make_plan(step_model, rate, self.channels)
+        self.sample_rate = rate
+        self.reset()
+
+    @property
+    def latency_samples(self) -> int:
+        """Total delay from input to output, in samples at the stream's rate."""
+        return self.plan.latency
+
+    @property
+    def latency_seconds(self) -> float:
+        return self.plan.latency / self.plan.sample_rate
+
+    @property
+    def nonfinite_inputs(self) -> int:
+        """How many NaN/Inf input samples were replaced by zero since the last reset."""
+        return self.state.nonfinite_inputs
+
+    def reset(self) -> None:
+        self.state = initial_state(self.plan)
+        self._dry = np.zeros((self.channels, self.plan.latency), np.float32)
+        self._mix_now = float(self.mix)
+        self._ramp = 0  # samples left in a mix crossfade
+
+    def set_mix(self, mix: float, ramp_seconds: float = 0.02) -> None:
+        """Change wet/dry (0..1) with a linear crossfade of ``ramp_seconds`` so the change never clicks."""
+        if not 0.0 <= mix <= 1.0:
+            raise ValueError(f"mix must be within 0..1, got {mix}")
+        self.mix = float(mix)
+        self._ramp = max(1, int(ramp_seconds * self.plan.sample_rate))
+
+    def process(self, block: np.ndarray) -> np.ndarray:
+        """[frames, channels] (or [frames]) float32 -> same shape, delayed by ``latency_samples``."""
+        x = np.asarray(block, dtype=np.float32)
+        mono = x.ndim == 1
+        x2 = x[:, None] if mono else x
+        if x2.shape[1] != self.channels:
+            raise ValueError(f"block has {x2.shape[1]} channels, the stream has {self.channels}")
+        wet, self.state = engine_step(self.plan, x2.T, self.state)
+        dry = self._delay_dry(x2.T)
+        if self._ramp or self._mix_now < 1.0:
+            wet = self._apply_mix(wet, dry)
+        out = wet.T
+        return out[:, 0] if mono else out
+
+    def _delay_dry(self, x: np.ndarray) -> np.ndarray:
+        # The dry path is delayed by exactly the wet path's latency so the two add coherently; it is
+        # kept current even at mix 1 so a later mix change has the right audio to fade in.
+        x = np.where(np.isfinite(x), x, np.float32(0.0))
+        line = np.concatenate([self._dry, x], axis=1)
+        n = x.shape[1]
+        dry, self._dry = line[:, :n], line[:, n:]
+        return dry
+
+    def _apply_mix(self, wet: np.ndarray, dry: np.ndarray) -> np.ndarray:
+        n = wet.shape[1]
+        if self._ramp:
+            k = min(self._ramp, n)
+            step = (self.mix - self._mix_now) / self._ramp
+            g = np.full(n, self.mix, np.float32)
+            g[:k] = self._mix_now + step * np.arange(1, k + 1)
+            self._mix_now = float(g[k - 1]) if k < self._ramp else self.mix
+            self._ramp -= k
+        else:
+            g = np.float32(self._mix_now)
+        return (g * wet + (1.0 - g) * dry).astype(np.float32)
+
+    def flush(self) -> np.ndarray:
+        """Push zeros through to return the last ``latency_samples`` frames [latency, channels]; resets."""
+        tail = self.process(np.zeros((self.plan.latency, self.channels), np.float32))
+        self.reset()
+        return tail
+
+
+def dereverb_array(
+    x: np.ndarray, sample_rate: int, model: str | Path | StepModel | None = None, mix: float = 1.0
+) -> np.ndarray:
+    """Dereverberate a whole signal, time-aligned: x [frames] or [frames, channels] -> same shape."""
+    x = np.asarray(x, dtype=np.float32)
+    x2 = x[:, None] if x.ndim == 1 else x
+    d = Dereverberator(model=model, sample_rate=sample_rate, channels=x2.shape[1], mix=mix)
+    lat = d.latency_samples
+    y = np.concatenate([d.process(x2), d.flush()], axis=0)[lat : lat + x2.shape[0]]
+    return y[:, 0] if x.ndim == 1 else y

@@ -1,0 +1,190 @@
+"""File mode: stream audio files through the engine, time-aligned, atomically written.
+
+Each file is read and written in blocks, so memory stays bounded for hours of audio. The engine's
+output is delayed by ``latency`` samples; file mode drops that many samples at the head and flushes
+the same number at the tail, so output sample k lines up with input sample k and the output has
+exactly the input's frame count, rate, channels and (where the format allows) subtype.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from stream.engine import Dereverberator
+from stream.model import StepModel
+
+DEFAULT_BLOCK = 65536
+# Extensions picked up when scanning a folder (explicitly named files may have any extension).
+AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".aifc", ".au", ".snd",
+                    ".caf", ".w64", ".rf64", ".mp3", ".wv"}
+
+
+class FileError(RuntimeError):
+    """A problem with one file; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Job:
+    src: Path
+    dst: Path
+
+
+@dataclass(frozen=True)
+class FileResult:
+    src: Path
+    dst: Path
+    frames: int
+    seconds: float  # audio duration
+    elapsed: float  # processing wall time
+    warnings: tuple[str, ...] = ()
+
+
+def plan_jobs(inputs: Iterable[Path], output: Path | None, out_dir: Path | None) -> tuple[list[Job], list[str]]:
+    """Expand files and folders into (src, dst) jobs. Returns (jobs, errors for inputs that yield none)."""
+    jobs: list[Job] = []
+    errors: list[str] = []
+    for src in inputs:
+        if not src.exists():
+            errors.append(f"{src}: no such file or folder")
+        elif src.is_dir():
+            found = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+            if not found:
+                errors.append(f"{src}: folder holds no audio files")
+            for p in found:
+                jobs.append(Job(p, (out_dir or src) / p.relative_to(src)))
+        elif output is not None:
+            jobs.append(Job(src, output))
+        else:
+            jobs.append(Job(src, out_dir / src.name))
+    return jobs, errors
+
+
+def _blocks(f: sf.SoundFile, block: int) -> Iterator[np.ndarray]:
+    while True:
+        data = f.read(block, dtype="float32", always_2d=True)
+        if data.shape[0] == 0:
+            return
+        yield data
+
+
+def process_file(
+    job: Job,
+    model: StepModel,
+    mix: float = 1.0,
+    block: int = DEFAULT_BLOCK,
+    force: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> FileResult:
+    """Dereverberate one file into ``job.dst``; raises ``FileError`` naming the file on any problem."""
+    import time
+
+    src, dst = job.src, job.dst
+    if dst.resolve() == src.resolve():
+        raise FileError(f"{src}: output would overwrite the input")
+    if dst.exists() and not force:
+        raise FileError(f"{dst}: output exists (use --force to overwrite)")
+    try:
+        f = sf.SoundFile(str(src))
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise FileError(f"{src}: not a readable audio file ({_reason(exc)})") from None
+    t0 = time.perf_counter()
+    with f:
+        if f.frames == 0:
+            raise FileError(f"{src}: empty file (0 frames)")
+        if not 1 <= f.channels <= 64:
+            raise FileError(f"{src}: unsupported channel count {f.channels}")
+        try:
+            engine = Dereverberator(model=model, sample_rate=f.samplerate, channels=f.channels, mix=mix)
+        except ValueError as exc:
+            raise FileError(f"{src}: {exc}") from None
+        fmt, subtype = f.format, f.subtype
+        if not sf.check_format(fmt, subtype):
+            subtype = sf.default_subtype(fmt)
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=f".partial{dst.suffix}", dir=dst.parent)
+            os.close(fd)
+        except OSError as exc:
+            raise FileError(f"{dst}: cannot write output ({exc.strerror or exc})") from None
+        tmp = Path(tmp_name)
+        try:
+            frames = _stream(f, engine, tmp, fmt, subtype, block, progress)
+            os.replace(tmp, dst)
+        except sf.LibsndfileError as exc:
+            raise FileError(f"{src}: read or write failed ({_reason(exc)})") from None
+        except OSError as exc:
+            raise FileError(f"{dst}: cannot write output ({exc.strerror or exc})") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        warnings = []
+        if frames != f.frames:
+            warnings.append(f"{src}: header says {f.frames} frames but only {frames} could be read; processed those")
+        if engine.nonfinite_inputs:
+            warnings.append(f"{src}: replaced {engine.nonfinite_inputs} NaN/Inf samples with silence")
+        return FileResult(src, dst, frames, frames / f.samplerate, time.perf_counter() - t0, tuple(warnings))
+
+
+def _stream(f: sf.SoundFile, engine: Dereverberator, tmp: Path, fmt: str, subtype: str, block: int,
+            progress: Callable[[int], None] | None) -> int:
+    """Read -> engine -> write, dropping ``latency`` samples at the head, flushing them at the tail."""
+    skip = engine.latency_samples
+    frames = written = 0
+    with sf.SoundFile(str(tmp), "w", samplerate=f.samplerate, channels=f.channels, format=fmt, subtype=subtype) as out:
+        for data in _blocks(f, block):
+            frames += data.shape[0]
+            y = engine.process(data)
+            drop = min(skip, y.shape[0])
+            skip -= drop
+            out.write(y[drop:])
+            written += y.shape[0] - drop
+            if progress:
+                progress(data.shape[0])
+        # The flush holds the last ``latency`` output samples; emit exactly as many frames as were read.
+        tail = engine.flush()
+        out.write(tail[skip : skip + frames - written])
+    return frames
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+def run_jobs(jobs: list[Job], model: StepModel, mix: float, block: int, force: bool, show_progress: bool,
+             log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> tuple[list[FileResult], int]:
+    """Process every job; one failing file does not stop the others. Returns (results, failures)."""
+    results, failures = [], 0
+    for i, job in enumerate(jobs):
+        bar = _progress_bar(job, i, len(jobs)) if show_progress else None
+        try:
+            res = process_file(job, model, mix, block, force, bar.update if bar else None)
+        except FileError as exc:
+            failures += 1
+            log(f"dereverb: error: {exc}")
+            continue
+        finally:
+            if bar:
+                bar.close()
+        for w in res.warnings:
+            log(f"dereverb: warning: {w}")
+        results.append(res)
+    return results, failures
+
+
+def _progress_bar(job: Job, index: int, count: int):
+    from tqdm import tqdm
+
+    try:
+        total = sf.info(str(job.src)).frames
+    except Exception:
+        total = None
+    label = f"[{index + 1}/{count}] {job.src.name}" if count > 1 else job.src.name
+    return tqdm(total=total, desc=label, unit="frame", unit_scale=True, leave=False, file=sys.stderr)

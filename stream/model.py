@@ -1,0 +1,180 @@
+"""Loading an ONNX dereverberation model and checking it against the model contract.
+
+The contract (``models/README.md``): the graph is a pure step function with input ``audio``
+float32 ``[channels, n * hop]`` plus one input per state tensor, and outputs ``audio_out`` plus
+``<state>_out`` for each state input. State tensors are discovered from the graph's own inputs and
+bound by name, never by position. Sample rate, hop and latency come from the ONNX metadata
+(``dereverb.card``, a JSON card) and the JSON card stored beside the file; the two must agree with
+each other and with the graph.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+AUDIO_IN = "audio"
+AUDIO_OUT = "audio_out"
+BATCH_DIM = "channels"
+CARD_KEY = "dereverb.card"
+
+
+class ModelError(RuntimeError):
+    """The model file is missing, unreadable or does not follow the contract."""
+
+
+def default_model_path() -> Path:
+    """The shipped default model (``models/`` package data)."""
+    import models
+
+    return models.default_model_path()
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """One state tensor: its name, shape with the channel axis as ``None``, and that axis."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    batch_axis: int
+
+    def zeros(self, channels: int) -> np.ndarray:
+        shape = [channels if d is None else d for d in self.shape]
+        return np.zeros(shape, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """ONNX Runtime settings; one intra-op thread is the fastest for a 1-hop step (see docs)."""
+
+    threads: int = 1
+
+
+@dataclass
+class StepModel:
+    """An ONNX step model, ready to run. ``run`` is pure: it never keeps state between calls.
+
+    Attributes:
+        path: the .onnx file.
+        sample_rate: the model's rate in Hz.
+        hop: samples per hop; ``audio`` must be a whole number of hops.
+        step_latency: delay of the step function in samples at ``sample_rate``.
+        states: the state tensors, in graph order (bound by name, the order is irrelevant).
+        card: the model card (dict).
+    """
+
+    path: Path
+    sample_rate: int
+    hop: int
+    step_latency: int
+    states: tuple[StateSpec, ...]
+    card: dict
+    _session: object = field(repr=False)
+    _output_names: list[str] = field(repr=False)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, options: SessionOptions = SessionOptions()) -> StepModel:
+        """Load and validate a model; ``None`` loads the shipped default.
+
+        Raises:
+            ModelError: naming what is missing or inconsistent.
+        """
+        path = Path(path) if path is not None else default_model_path()
+        if not path.is_file():
+            raise ModelError(f"{path}: model file not found")
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = options.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{path}: not a loadable ONNX model ({first})") from None
+        card = _read_card(path, session)
+        states = _discover_states(path, session)
+        _check_card_against_graph(path, card, states)
+        return cls(
+            path=path,
+            sample_rate=int(card["sample_rate"]),
+            hop=int(card["hop"]),
+            step_latency=int(card["latency_samples"]),
+            states=states,
+            card=card,
+            _session=session,
+            _output_names=[AUDIO_OUT] + [f"{s.name}_out" for s in states],
+        )
+
+    def initial_state(self, channels: int) -> dict[str, np.ndarray]:
+        """Zero state for ``channels`` independent channels."""
+        return {s.name: s.zeros(channels) for s in self.states}
+
+    def run(self, audio: np.ndarray, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One step: ``audio`` float32 [channels, n * hop] -> (audio_out [channels, n * hop], new state)."""
+        feeds = {AUDIO_IN: audio}
+        feeds.update(state)
+        outs = self._session.run(self._output_names, feeds)
+        return outs[0], {s.name: o for s, o in zip(self.states, outs[1:])}
+
+
+def _read_card(path: Path, session) -> dict:
+    meta = session.get_modelmeta().custom_metadata_map
+    embedded = json.loads(meta[CARD_KEY]) if CARD_KEY in meta else None
+    beside = path.with_suffix(".json")
+    card = json.loads(beside.read_text()) if beside.is_file() else None
+    if embedded is None and card is None:
+        raise ModelError(f"{path}: no model card (neither '{CARD_KEY}' metadata nor {beside.name})")
+    card = card if card is not None else embedded
+    for key in ("sample_rate", "hop", "latency_samples", "states"):
+        if key not in card:
+            raise ModelError(f"{path}: model card does not state '{key}'")
+        if embedded is not None and key in embedded and embedded[key] != card[key]:
+            raise ModelError(f"{path}: card {beside.name} disagrees with the ONNX metadata on '{key}'")
+    if not isinstance(card["sample_rate"], int) or not 8000 <= card["sample_rate"] <= 192000:
+        raise ModelError(f"{path}: model card has no valid sample_rate ({card['sample_rate']!r})")
+    return card
+
+
+def _discover_states(path: Path, session) -> tuple[StateSpec, ...]:
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    if AUDIO_IN not in inputs:
+        raise ModelError(f"{path}: graph has no '{AUDIO_IN}' input")
+    if AUDIO_OUT not in outputs:
+        raise ModelError(f"{path}: graph has no '{AUDIO_OUT}' output")
+    specs = []
+    for name, inp in inputs.items():
+        if name == AUDIO_IN:
+            continue
+        if f"{name}_out" not in outputs:
+            raise ModelError(f"{path}: state input '{name}' has no '{name}_out' output")
+        if inp.type != "tensor(float)":
+            raise ModelError(f"{path}: state input '{name}' is {inp.type}, expected tensor(float)")
+        batch_axes = [i for i, d in enumerate(inp.shape) if d == BATCH_DIM]
+        if len(batch_axes) != 1:
+            raise ModelError(f"{path}: state input '{name}' has no '{BATCH_DIM}' axis (shape {inp.shape})")
+        shape = tuple(None if d == BATCH_DIM else int(d) for d in inp.shape)
+        specs.append(StateSpec(name, shape, batch_axes[0]))
+    if not specs:
+        raise ModelError(f"{path}: graph has no state inputs; a stateless model cannot stream")
+    return tuple(specs)
+
+
+def _check_card_against_graph(path: Path, card: dict, states: tuple[StateSpec, ...]) -> None:
+    declared = card["states"]
+    graph_names = {s.name for s in states}
+    if set(declared) != graph_names:
+        raise ModelError(
+            f"{path}: card states {sorted(declared)} disagree with the graph's state inputs {sorted(graph_names)}"
+        )
+    for s in states:
+        card_shape = tuple(None if d == BATCH_DIM else d for d in declared[s.name]["shape"])
+        if card_shape != s.shape:
+            raise ModelError(f"{path}: card shape of '{s.name}' {declared[s.name]['shape']} disagrees with the graph")

@@ -1,0 +1,98 @@
+"""Model loading: states discovered and bound by name; every contract breach gives a clear error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from stream.model import ModelError, StepModel
+
+
+def test_states_discovered_from_graph(tiny_onnx):
+    m = StepModel.load(tiny_onnx)
+    assert {s.name for s in m.states} == {"analysis", "ola", "lstm_h", "lstm_c"}
+    assert m.sample_rate == 16000 and m.hop == 256 and m.step_latency == 256
+    st = m.initial_state(3)
+    assert st["lstm_h"].shape == (2, 3, 32) and st["analysis"].shape == (3, 256)
+
+
+def test_state_bound_by_name_not_position(tiny_onnx):
+    m = StepModel.load(tiny_onnx)
+    x = np.random.default_rng(0).standard_normal((1, 512)).astype(np.float32) * 0.1
+    state = m.initial_state(1)
+    y1, s1 = m.run(x, state)
+    y2, s2 = m.run(x, dict(reversed(list(state.items()))))  # same tensors, other order
+    assert np.array_equal(y1, y2)
+    _, s_next = m.run(x, s1)
+    assert set(s_next) == set(state)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        StepModel.load(tmp_path / "nope.onnx")
+
+
+def test_not_onnx(tmp_path):
+    p = tmp_path / "bad.onnx"
+    p.write_text("this is not a model")
+    with pytest.raises(ModelError, match="not a loadable ONNX model"):
+        StepModel.load(p)
+
+
+def _identity_model(path, with_card=True):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    inp = helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["channels", "samples"])
+    out = helper.make_tensor_value_info("audio_out", TensorProto.FLOAT, ["channels", "samples"])
+    graph = helper.make_graph([helper.make_node("Identity", ["audio"], ["audio_out"])], "g", [inp], [out])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    if with_card:
+        entry = model.metadata_props.add()
+        entry.key = "dereverb.card"
+        entry.value = json.dumps({"sample_rate": 16000, "hop": 256, "latency_samples": 0, "states": {}})
+    onnx.save(model, str(path))
+
+
+def test_model_without_state_inputs(tmp_path):
+    p = tmp_path / "stateless.onnx"
+    _identity_model(p)
+    with pytest.raises(ModelError, match="no state inputs"):
+        StepModel.load(p)
+
+
+def test_model_without_card(tmp_path, tiny_onnx):
+    onnx = pytest.importorskip("onnx")
+    proto = onnx.load(str(tiny_onnx))
+    del proto.metadata_props[:]
+    p = tmp_path / "nocard.onnx"
+    onnx.save(proto, str(p))
+    with pytest.raises(ModelError, match="no model card"):
+        StepModel.load(p)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: c.pop("sample_rate"), "does not state 'sample_rate'"),
+    (lambda c: c.update(hop=128), "hop"),
+    (lambda c: c["states"].pop("ola"), "disagree"),
+    (lambda c: c["states"]["lstm_h"].update(shape=[3, "channels", 32]), "disagrees with the ONNX metadata"),
+])
+def test_card_disagreeing_with_graph(tmp_path, tiny_onnx, edit, message):
+    p = tmp_path / "m.onnx"
+    shutil.copy(tiny_onnx, p)
+    card = json.loads(tiny_onnx.with_suffix(".json").read_text())
+    edit(card)
+    p.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match=message):
+        StepModel.load(p)
+
+
+def test_shipped_card_matches_graph(default_model):
+    card = default_model.card
+    for key in ("sample_rate", "hop", "latency_samples", "states", "parameters", "training", "software"):
+        assert key in card
+    assert card["parameters"] <= 2_000_000
+    assert 1000 * (card["latency_samples"] + card["hop"] - 1) / card["sample_rate"] <= 32.0

@@ -1,0 +1,1 @@
+"""Training-side code: data pipeline, model, training and evaluation."""

@@ -1,0 +1,77 @@
+"""Training configuration: dataclasses loaded from TOML (the project's one config mechanism)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from training.model import ModelConfig
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    corpus: str = "/work/data/corpus"
+    rooms: str = "/work/data/rooms"
+    segment_seconds: float = 4.0
+    train_examples_per_epoch: int = 8000
+    val_examples: int = 256
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    seed: int = 0
+    batch_size: int = 16
+    lr: float = 1e-3
+    lr_final: float = 1e-4
+    epochs: int = 20
+    grad_clip: float = 5.0
+    # Wall-clock budget: training stops cleanly after the epoch that crosses it.
+    max_minutes: float = 120.0
+    threads: int = 2
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    # Which reference the model learns to produce: "early" (direct + early reflections) or "direct".
+    target: str = "early"
+    # Weight of a compressed-magnitude spectral term added to the negative SNR (dB) loss.
+    spectral_weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out_dir: str = "runs/default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _build(cls, table: dict[str, Any]):
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(table) - set(known)
+    if unknown:
+        raise ValueError(f"unknown keys for {cls.__name__}: {sorted(unknown)}")
+    kwargs = {}
+    for name, value in table.items():
+        sub = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "loss": LossConfig}
+        kwargs[name] = _build(sub[name], value) if cls is TrainConfig and name in sub else value
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a TOML file into a ``TrainConfig``; ``overrides`` maps 'section.key' to a value."""
+    table = tomllib.loads(Path(path).read_text())
+    for dotted, value in (overrides or {}).items():
+        node = table
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return _build(TrainConfig, table)

@@ -1,0 +1,633 @@
+"""Held-out evaluation of a dereverberation model against WPE baselines.
+
+Usage::
+
+    python -m training.evaluate --model models/NAME.onnx \\
+        --corpus /work/data/corpus --rooms /work/data/rooms \\
+        [--split test] [--count 96] [--seed 0] [--seconds 6] [--jobs 2] \\
+        [--out docs/eval/NAME.json] [--markdown docs/eval/NAME.md] [--no-baselines] [--no-dnsmos]
+
+Test set (deterministic for a given corpus, rooms, split, count, seed and seconds):
+
+* ``reverb``: speech clips of the split's (held-out) voices through the split's rooms with
+  :func:`training.mixing.make_example` (noise and microphone EQ on, as in training; only the
+  5 % "anechoic" replacement is switched off so that every example really is reverberant).
+  Rooms are drawn round-robin over the RT60 bins (< 0.4 s, 0.4-0.8 s, > 0.8 s) so every
+  bin gets about the same number of examples; voices are drawn round-robin too.
+* ``dry``: the dry speech clip itself is the input (a dereverberator should leave it alone).
+* ``music``: the split's music clips through the split's rooms (same mixing as speech).
+
+Each input is processed by every system: ``unprocessed`` (identity), ``ours`` (the ONNX model
+through the real runtime, :func:`stream.dereverb_array`, time-aligned), ``wpe_online`` and
+``wpe_offline`` (nara-wpe, see :mod:`training.metrics`). Metrics, all at 16 kHz:
+
+* reverb: SI-SDR vs the direct path and vs the early-50 ms target, and their improvement over
+  the input (paired per example); PESQ-WB and ESTOI vs early-50 (and their change);
+  DNSMOS OVRL/SIG/BAK of the output; the input's values are the ``unprocessed`` row.
+* dry: SI-SDR, PESQ-WB and ESTOI of the output vs the input; DNSMOS of the output.
+* music: SI-SDR vs early-50 and vs direct, input -> output (PESQ/ESTOI/DNSMOS are speech metrics).
+
+Examples are split into ``--jobs`` interleaved shards, one worker process each (one
+thread per worker for numpy/onnxruntime, so RTFs are single-threaded figures measured
+while the other workers run). Results: JSON (config, per-example records, per-group means
+and counts, timings) and a Markdown table, which is also printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+RT60_BINS: tuple[tuple[str, float, float], ...] = (
+    ("rt60<0.4", 0.0, 0.4),
+    ("rt60 0.4-0.8", 0.4, 0.8),
+    ("rt60>0.8", 0.8, math.inf),
+)
+SYSTEMS_ORDER = ("unprocessed", "ours", "wpe_online", "wpe_offline")
+PASSTHROUGH = "passthrough"  # --model value that makes "ours" the identity (pipeline check)
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+# --------------------------------------------------------------------------------------
+# Configuration and test-set plan
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvalConfig:
+    """Everything that defines an evaluation run (stored verbatim in the JSON)."""
+
+    corpus: str = "/work/data/corpus"
+    rooms: str = "/work/data/rooms"
+    model: str | None = None  # .onnx path, "passthrough", or None (no "ours" system)
+    split: str = "test"
+    count: int = 96  # total examples: reverb + dry + music
+    seed: int = 0
+    seconds: float = 6.0  # maximum length of one example (shorter clips are used whole)
+    dry_fraction: float = 0.125
+    music_fraction: float = 0.125
+    baselines: bool = True
+    dnsmos: bool = True
+    jobs: int = 2
+
+
+@dataclass(frozen=True)
+class ExampleSpec:
+    """One planned test example; everything a worker needs to rebuild it deterministically."""
+
+    index: int
+    kind: str  # "reverb" | "dry" | "music"
+    clip_id: str
+    clip_path: str  # absolute
+    voice: str
+    room_id: str | None
+    room_path: str | None  # absolute
+    rt60: float | None
+    drr_db: float | None
+    seed: int  # per-example seed for crop and mixing augmentations
+
+
+def rt60_bin(rt60: float) -> str:
+    """Name of the RT60 bin (seconds) an example belongs to."""
+    for name, lo, hi in RT60_BINS:
+        if lo <= rt60 < hi:
+            return name
+    return RT60_BINS[-1][0]
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _round_robin(groups: Sequence[Sequence[Any]], n: int) -> list[Any]:
+    """Take ``n`` items cycling over ``groups`` (each cycled in its own order, wrapping)."""
+    groups = [g for g in groups if len(g)]
+    if not groups or n <= 0:
+        return []
+    pos = [0] * len(groups)
+    out = []
+    k = 0
+    while len(out) < n:
+        g = k % len(groups)
+        out.append(groups[g][pos[g] % len(groups[g])])
+        pos[g] += 1
+        k += 1
+    return out
+
+
+def plan_examples(cfg: EvalConfig) -> list[ExampleSpec]:
+    """Deterministic list of test examples for ``cfg`` (see module docstring).
+
+    Raises:
+        FileNotFoundError / ValueError if the corpus or rooms lack the requested split.
+    """
+    corpus, rooms_dir = Path(cfg.corpus), Path(cfg.rooms)
+    clips = [c for c in _read_jsonl(corpus / "manifest.jsonl") if c.get("split") == cfg.split]
+    rooms = [r for r in _read_jsonl(rooms_dir / "rooms.jsonl") if r.get("split") == cfg.split]
+    speech = sorted((c for c in clips if c.get("kind") == "speech"), key=lambda c: c["id"])
+    music = sorted((c for c in clips if c.get("kind") == "music"), key=lambda c: c["id"])
+    rooms = sorted(rooms, key=lambda r: r["id"])
+    if not speech:
+        raise ValueError(f"no {cfg.split!r} speech clips in {corpus / 'manifest.jsonl'}")
+    if not rooms:
+        raise ValueError(f"no {cfg.split!r} rooms in {rooms_dir / 'rooms.jsonl'}")
+
+    rng = np.random.default_rng(cfg.seed)
+    n_dry = int(round(cfg.count * cfg.dry_fraction))
+    n_music = int(round(cfg.count * cfg.music_fraction)) if music else 0
+    n_reverb = max(0, cfg.count - n_dry - n_music)
+
+    # Voices round-robin (shuffled order), clips within a voice shuffled: spreads the few
+    # held-out voices evenly instead of letting the most prolific one dominate.
+    by_voice: dict[str, list[dict]] = {}
+    for c in speech:
+        by_voice.setdefault(str(c.get("voice")), []).append(c)
+    voice_order = sorted(by_voice)
+    rng.shuffle(voice_order)
+    voice_lists = []
+    for v in voice_order:
+        lst = list(by_voice[v])
+        rng.shuffle(lst)
+        voice_lists.append(lst)
+    speech_seq = _round_robin(voice_lists, n_reverb + n_dry)
+
+    by_bin: dict[str, list[dict]] = {name: [] for name, _, _ in RT60_BINS}
+    for r in rooms:
+        by_bin[rt60_bin(float(r["rt60"]))].append(r)
+    bin_lists = []
+    for name, _, _ in RT60_BINS:
+        lst = list(by_bin[name])
+        rng.shuffle(lst)
+        bin_lists.append(lst)
+    room_seq = _round_robin(bin_lists, n_reverb + n_music)
+    music_seq = list(music)
+    rng.shuffle(music_seq)
+
+    seeds = rng.integers(0, 2**31 - 1, size=cfg.count + 1)
+    specs: list[ExampleSpec] = []
+
+    def add(kind: str, clip: dict, room: dict | None) -> None:
+        i = len(specs)
+        specs.append(ExampleSpec(
+            index=i, kind=kind, clip_id=str(clip["id"]), clip_path=str(corpus / clip["path"]),
+            voice=str(clip.get("voice") or clip.get("source") or ""),
+            room_id=None if room is None else str(room["id"]),
+            room_path=None if room is None else str(rooms_dir / room["path"]),
+            rt60=None if room is None else float(room["rt60"]),
+            drr_db=None if room is None or room.get("drr_db") is None else float(room["drr_db"]),
+            seed=int(seeds[i]),
+        ))
+
+    for k in range(n_reverb):
+        add("reverb", speech_seq[k], room_seq[k])
+    for k in range(n_dry):
+        add("dry", speech_seq[n_reverb + k], None)
+    for k in range(n_music):
+        add("music", music_seq[k % len(music_seq)], room_seq[n_reverb + k])
+    return specs
+
+
+# --------------------------------------------------------------------------------------
+# Building one example
+# --------------------------------------------------------------------------------------
+def _read_audio(path: str) -> np.ndarray:
+    import soundfile as sf
+
+    x, sr = sf.read(path, dtype="float32", always_2d=True)
+    if sr != SAMPLE_RATE:
+        raise ValueError(f"{path}: expected {SAMPLE_RATE} Hz, got {sr}")
+    return x[:, 0]
+
+
+def build_example(spec: ExampleSpec, seconds: float) -> dict[str, np.ndarray | dict]:
+    """Rebuild ``spec``: returns ``{"input", "early", "direct": float32 [n], "info": dict}``.
+
+    Clips longer than ``seconds`` are cropped at a seeded random offset; the reverb is
+    computed on the clip up to the crop end, so the crop starts with the real reverberant
+    tail of the preceding speech (``valid_from`` makes mixing measure levels on the crop).
+    """
+    from training.mixing import MixConfig, make_example
+
+    rng = np.random.default_rng(spec.seed)
+    dry = _read_audio(spec.clip_path)
+    seg = int(round(seconds * SAMPLE_RATE))
+    start = int(rng.integers(0, len(dry) - seg + 1)) if len(dry) > seg else 0
+    stop = min(len(dry), start + seg)
+    if spec.kind == "dry":
+        x = dry[start:stop].astype(np.float32)
+        return {"input": x, "early": x, "direct": x, "info": {"crop_start": start}}
+    import soundfile as sf
+
+    rir, sr = sf.read(spec.room_path, dtype="float32", always_2d=True)
+    if sr != SAMPLE_RATE:
+        raise ValueError(f"{spec.room_path}: expected {SAMPLE_RATE} Hz, got {sr}")
+    # Training's augmentations (level, EQ, noise) stay on; only the anechoic substitution is
+    # off, because every reverb/music test example must actually be reverberant.
+    mix_cfg = dataclasses.replace(MixConfig(), anechoic_prob=0.0)
+    ex = make_example(dry[:stop], rir[:, 0], rng, mix_cfg, info={"rt60": spec.rt60}, valid_from=start)
+    info = {k: v for k, v in ex.info.items() if isinstance(v, (int, float, str, bool))}
+    info["crop_start"] = start
+    return {"input": ex.mixture[start:stop], "early": ex.early[start:stop], "direct": ex.direct[start:stop],
+            "info": info}
+
+
+# --------------------------------------------------------------------------------------
+# Worker: systems and metrics
+# --------------------------------------------------------------------------------------
+class Evaluator:
+    """Holds the per-process state (loaded model, DNSMOS sessions) and scores examples."""
+
+    def __init__(self, cfg: EvalConfig) -> None:
+        from training import metrics
+
+        self.cfg = cfg
+        self.m = metrics
+        self.scorer = metrics.DnsmosScorer(threads=1) if cfg.dnsmos else None
+        self.systems: dict[str, Callable[[np.ndarray], np.ndarray]] = {"unprocessed": lambda x: x}
+        if cfg.model == PASSTHROUGH:
+            self.systems["ours"] = lambda x: x.copy()
+        elif cfg.model:
+            self.systems["ours"] = self._load_ours(cfg.model)
+        if cfg.baselines:
+            self.systems["wpe_online"] = metrics.wpe_online
+            self.systems["wpe_offline"] = metrics.wpe_offline
+        self.metric_time: dict[str, list[float]] = {}
+
+    @staticmethod
+    def _load_ours(path: str) -> Callable[[np.ndarray], np.ndarray]:
+        import stream
+
+        # Load the ONNX model once per worker when the runtime exposes its loader; the
+        # public contract (stream.dereverb_array(x, sr, model=PATH)) is the fallback.
+        model: Any = path
+        loader = getattr(getattr(stream, "StepModel", None), "load", None)
+        if loader is not None:
+            model = loader(path)
+
+        def run(x: np.ndarray) -> np.ndarray:
+            y = np.asarray(stream.dereverb_array(x, SAMPLE_RATE, model=model), dtype=np.float32)
+            if y.shape != x.shape:
+                raise RuntimeError(f"runtime returned shape {y.shape} for input {x.shape}")
+            return y
+
+        return run
+
+    def _t(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        t0 = time.perf_counter()
+        v = fn(*args)
+        self.metric_time.setdefault(name, []).append(time.perf_counter() - t0)
+        return v
+
+    def _dnsmos(self, x: np.ndarray) -> dict[str, float]:
+        if self.scorer is None:
+            return {}
+        d = self._t("dnsmos", self.scorer, x, SAMPLE_RATE)
+        return {"dnsmos_ovrl": d["OVRL"], "dnsmos_sig": d["SIG"], "dnsmos_bak": d["BAK"]}
+
+    def score(self, spec: ExampleSpec) -> dict[str, Any]:
+        """Process one example with every system; returns its JSON-able record."""
+        m = self.m
+        ex = build_example(spec, self.cfg.seconds)
+        x, early, direct = ex["input"], ex["early"], ex["direct"]
+        rec: dict[str, Any] = {
+            "index": spec.index, "kind": spec.kind, "clip": spec.clip_id, "voice": spec.voice,
+            "room": spec.room_id, "rt60": spec.rt60, "drr_db": spec.drr_db,
+            "bin": spec.kind if spec.kind != "reverb" else rt60_bin(float(spec.rt60)),
+            "seconds": len(x) / SAMPLE_RATE, "mix": ex["info"], "systems": {},
+        }
+        for name, fn in self.systems.items():
+            t0 = time.perf_counter()
+            y = np.asarray(fn(x), dtype=np.float32)
+            proc = time.perf_counter() - t0
+            if y.shape != x.shape:
+                raise RuntimeError(f"{name} returned shape {y.shape} for input {x.shape}")
+            if not np.all(np.isfinite(y)):
+                raise RuntimeError(f"{name} produced non-finite samples on example {spec.index}")
+            r: dict[str, float] = {"proc_seconds": proc}
+            if spec.kind == "reverb":
+                r["si_sdr_direct"] = self._t("si_sdr", m.si_sdr, y, direct)
+                r["si_sdr_early"] = self._t("si_sdr", m.si_sdr, y, early)
+                r["pesq"] = self._t("pesq", m.pesq_wb, early, y, SAMPLE_RATE)
+                r["estoi"] = self._t("estoi", m.estoi, early, y, SAMPLE_RATE)
+                r.update(self._dnsmos(y))
+            elif spec.kind == "dry":
+                r["si_sdr_input"] = self._t("si_sdr", m.si_sdr, y, x)
+                r["pesq"] = self._t("pesq", m.pesq_wb, x, y, SAMPLE_RATE)
+                r["estoi"] = self._t("estoi", m.estoi, x, y, SAMPLE_RATE)
+                r.update(self._dnsmos(y))
+            else:  # music
+                r["si_sdr_direct"] = self._t("si_sdr", m.si_sdr, y, direct)
+                r["si_sdr_early"] = self._t("si_sdr", m.si_sdr, y, early)
+            rec["systems"][name] = r
+        if spec.kind == "reverb" and self.scorer is not None:
+            # DNSMOS ceiling: the (EQ'd, noise-free) direct-path reference itself.
+            rec["reference_dnsmos"] = self._dnsmos(direct)
+        # Paired improvements over the input (same example, same reference).
+        base = rec["systems"]["unprocessed"]
+        for r in rec["systems"].values():
+            for key in ("si_sdr_direct", "si_sdr_early", "pesq", "estoi", "dnsmos_ovrl"):
+                if key in r and key in base:
+                    r["d_" + key] = r[key] - base[key]
+        return rec
+
+
+def _set_single_thread_env() -> None:
+    for var in _THREAD_VARS:
+        os.environ[var] = "1"
+
+
+def _run_shard(args: tuple[EvalConfig, list[ExampleSpec], int]) -> tuple[list[dict], dict[str, list[float]], float]:
+    """Worker entry point: score one shard of examples (runs in a fresh spawned process)."""
+    cfg, specs, shard = args
+    t0 = time.perf_counter()
+    ev = Evaluator(cfg)
+    setup = time.perf_counter() - t0
+    out = []
+    for k, spec in enumerate(specs, 1):
+        out.append(ev.score(spec))
+        if k % 5 == 0 or k == len(specs):
+            print(f"  [worker {shard}] {k}/{len(specs)} examples", file=sys.stderr, flush=True)
+    return out, ev.metric_time, setup
+
+
+# --------------------------------------------------------------------------------------
+# Aggregation and reporting
+# --------------------------------------------------------------------------------------
+def _mean(values: list[float]) -> float | None:
+    v = [x for x in values if x is not None and np.isfinite(x)]
+    return float(np.mean(v)) if v else None
+
+
+def aggregate(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Means per group and system: ``{group: {system: {"n": int, metric: mean, ...}}}``.
+
+    Groups are the RT60 bins, ``all_reverb`` (all reverberant speech), ``dry`` and ``music``.
+    NaN/None values (e.g. PESQ found no utterance) are left out of the mean of that metric.
+    """
+    groups: dict[str, list[dict]] = {}
+    for rec in records:
+        groups.setdefault(rec["bin"], []).append(rec)
+        if rec["kind"] == "reverb":
+            groups.setdefault("all_reverb", []).append(rec)
+    order = [b for b, _, _ in RT60_BINS] + ["all_reverb", "dry", "music"]
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for g in order:
+        recs = groups.get(g, [])
+        if not recs:
+            continue
+        systems = [s for s in SYSTEMS_ORDER if s in recs[0]["systems"]]
+        out[g] = {}
+        for s in systems:
+            keys = sorted({k for r in recs for k in r["systems"][s]})
+            row: dict[str, Any] = {"n": len(recs)}
+            for k in keys:
+                row[k] = _mean([r["systems"][s].get(k) for r in recs])
+            audio = sum(r["seconds"] for r in recs)
+            row["rtf"] = sum(r["systems"][s]["proc_seconds"] for r in recs) / audio if audio else None
+            out[g][s] = row
+        refs = [r["reference_dnsmos"] for r in recs if r.get("reference_dnsmos")]
+        if refs:
+            out[g]["reference"] = {"n": len(refs), **{k: _mean([d[k] for d in refs]) for k in refs[0]}}
+        rt = [r["rt60"] for r in recs if r.get("rt60") is not None]
+        if rt:
+            out[g]["_rooms"] = {"rt60_mean": float(np.mean(rt)), "rt60_min": float(np.min(rt)),
+                                "rt60_max": float(np.max(rt)), "rooms": len({r["room"] for r in recs})}
+    return out
+
+
+def _f(v: Any, nd: int = 2, signed: bool = False) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "-"
+    return f"{v:+.{nd}f}" if signed else f"{v:.{nd}f}"
+
+
+def markdown_table(summary: dict[str, dict[str, dict[str, Any]]], title: str = "") -> str:
+    """Markdown tables (reverberant speech per RT60 bin, dry speech, music) from :func:`aggregate`."""
+    lines: list[str] = []
+    if title:
+        lines += [f"### {title}", ""]
+    rev_groups = [g for g in [b for b, _, _ in RT60_BINS] + ["all_reverb"] if g in summary]
+    if rev_groups:
+        lines += [
+            "Reverberant speech (references: direct path, early-50 ms target; deltas are paired vs the input)",
+            "",
+            "| RT60 bin | system | n | SI-SDR direct dB | dSI-SDR direct | SI-SDR early dB | dSI-SDR early "
+            "| PESQ-WB | dPESQ | ESTOI | dESTOI | DNSMOS OVRL | SIG | BAK | RTF |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for g in rev_groups:
+            rooms = summary[g].get("_rooms", {})
+            label = g if not rooms else f"{g} (mean {rooms['rt60_mean']:.2f} s)"
+            for s, row in summary[g].items():
+                if s.startswith("_"):
+                    continue
+                if s == "reference":
+                    lines.append(f"| {label} | direct-path reference | {row['n']} | - | - | - | - | - | - | - | - "
+                                 f"| {_f(row.get('dnsmos_ovrl'))} | {_f(row.get('dnsmos_sig'))} "
+                                 f"| {_f(row.get('dnsmos_bak'))} | - |")
+                    continue
+                lines.append(
+                    f"| {label} | {s} | {row['n']} | {_f(row.get('si_sdr_direct'))} "
+                    f"| {_f(row.get('d_si_sdr_direct'), signed=True)} | {_f(row.get('si_sdr_early'))} "
+                    f"| {_f(row.get('d_si_sdr_early'), signed=True)} | {_f(row.get('pesq'))} "
+                    f"| {_f(row.get('d_pesq'), signed=True)} | {_f(row.get('estoi'), 3)} "
+                    f"| {_f(row.get('d_estoi'), 3, signed=True)} | {_f(row.get('dnsmos_ovrl'))} "
+                    f"| {_f(row.get('dnsmos_sig'))} | {_f(row.get('dnsmos_bak'))} "
+                    f"| {_f(row.get('rtf'), 3) if s != 'unprocessed' else '-'} |")
+        lines.append("")
+    if "dry" in summary:
+        lines += [
+            "Dry (anechoic) speech: output vs input (a good dereverberator leaves it unchanged)",
+            "",
+            "| system | n | SI-SDR vs input dB | PESQ-WB vs input | ESTOI vs input | DNSMOS OVRL | SIG | BAK |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for s, row in summary["dry"].items():
+            if s.startswith("_") or s == "unprocessed":
+                continue  # the identity's SI-SDR vs itself is just float precision
+            lines.append(f"| {s} | {row['n']} | {_f(row.get('si_sdr_input'))} | {_f(row.get('pesq'))} "
+                         f"| {_f(row.get('estoi'), 3)} | {_f(row.get('dnsmos_ovrl'))} "
+                         f"| {_f(row.get('dnsmos_sig'))} | {_f(row.get('dnsmos_bak'))} |")
+        unp = summary["dry"].get("unprocessed", {})
+        if unp.get("dnsmos_ovrl") is not None:
+            lines.append(f"| (input) | {unp['n']} | - | - | - | {_f(unp.get('dnsmos_ovrl'))} "
+                         f"| {_f(unp.get('dnsmos_sig'))} | {_f(unp.get('dnsmos_bak'))} |")
+        lines.append("")
+    if "music" in summary:
+        lines += [
+            "Music through test rooms: SI-SDR vs early-50 (input -> output) and vs direct path",
+            "",
+            "| system | n | SI-SDR early dB | dSI-SDR early | SI-SDR direct dB | dSI-SDR direct |",
+            "|---|---|---|---|---|---|",
+        ]
+        for s, row in summary["music"].items():
+            if s.startswith("_"):
+                continue
+            lines.append(f"| {s} | {row['n']} | {_f(row.get('si_sdr_early'))} "
+                         f"| {_f(row.get('d_si_sdr_early'), signed=True)} | {_f(row.get('si_sdr_direct'))} "
+                         f"| {_f(row.get('d_si_sdr_direct'), signed=True)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _jsonable(o: Any) -> Any:
+    """NaN/inf -> None (strict JSON), numpy scalars -> Python."""
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, (np.floating, float)):
+        return float(o) if np.isfinite(o) else None
+    if isinstance(o, np.integer):
+        return int(o)
+    return o
+
+
+# --------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------
+def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the whole evaluation; returns the result dict (what ``--out`` writes)."""
+    t_start = time.perf_counter()
+    specs = plan_examples(cfg)
+    kinds = {k: sum(s.kind == k for s in specs) for k in ("reverb", "dry", "music")}
+    log(f"evaluating {len(specs)} examples {kinds} with {cfg.jobs} job(s)")
+    jobs = max(1, min(cfg.jobs, len(specs)))
+    shards = [(cfg, specs[k::jobs], k) for k in range(jobs)]
+    if jobs == 1:
+        results = [_run_shard(shards[0])]
+    else:
+        # spawn (not fork): each worker starts numpy/onnxruntime fresh with the
+        # single-thread environment set below, and inherits no parent state.
+        saved = {v: os.environ.get(v) for v in _THREAD_VARS}
+        _set_single_thread_env()
+        try:
+            with mp.get_context("spawn").Pool(jobs) as pool:
+                results = pool.map(_run_shard, shards)
+        finally:
+            for v, val in saved.items():
+                if val is None:
+                    os.environ.pop(v, None)
+                else:
+                    os.environ[v] = val
+    records = sorted((r for res in results for r in res[0]), key=lambda r: r["index"])
+    metric_time: dict[str, list[float]] = {}
+    for res in results:
+        for k, v in res[1].items():
+            metric_time.setdefault(k, []).extend(v)
+    wall = time.perf_counter() - t_start
+
+    audio = sum(r["seconds"] for r in records)
+    systems = [s for s in SYSTEMS_ORDER if s in records[0]["systems"]]
+    timing = {
+        "wall_seconds": wall,
+        "examples": len(records),
+        "audio_seconds": audio,
+        "jobs": jobs,
+        "worker_setup_seconds": [res[2] for res in results],
+        "per_example_wall_seconds": wall / len(records),
+        "metric_seconds_per_call": {k: float(np.mean(v)) for k, v in metric_time.items()},
+        "metric_calls": {k: len(v) for k, v in metric_time.items()},
+        "metric_seconds_total": {k: float(np.sum(v)) for k, v in metric_time.items()},
+        "systems": {
+            s: {"proc_seconds": sum(r["systems"][s]["proc_seconds"] for r in records),
+                "rtf": sum(r["systems"][s]["proc_seconds"] for r in records) / audio}
+            for s in systems
+        },
+    }
+    summary = aggregate(records)
+    return _jsonable({
+        "config": dataclasses.asdict(cfg),
+        "environment": {"python": platform.python_version(), "machine": platform.machine(),
+                        "cpus": os.cpu_count(), "packages": _package_versions()},
+        "test_set": {"counts": kinds, "rt60_bins": {g: summary[g]["unprocessed"]["n"]
+                                                   for g in summary if g.startswith("rt60")}},
+        "summary": summary,
+        "timing": timing,
+        "examples": records,
+    })
+
+
+def _package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for p in ("numpy", "scipy", "onnxruntime", "pesq", "pystoi", "nara_wpe", "speechmos"):
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            out[p] = "missing"
+    return out
+
+
+def timing_text(result: dict[str, Any]) -> str:
+    """Human-readable timing summary of a result."""
+    t = result["timing"]
+    lines = [f"{t['examples']} examples ({t['audio_seconds']:.0f} s of audio) in {t['wall_seconds']:.1f} s "
+             f"wall with {t['jobs']} job(s): {t['per_example_wall_seconds']:.2f} s per example",
+             "metric cost per call (s): " + ", ".join(f"{k} {v:.3f} x{t['metric_calls'][k]}"
+                                                       for k, v in sorted(t["metric_seconds_per_call"].items())),
+             "system RTF (1 thread, with other workers running): " + ", ".join(
+                 f"{s} {v['rtf']:.4f}" for s, v in t["systems"].items() if s != "unprocessed")]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[EvalConfig, argparse.Namespace]:
+    p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None,
+                   help="ONNX model for the 'ours' system (run through stream.dereverb_array); "
+                        f"'{PASSTHROUGH}' = identity (pipeline check); omit to evaluate baselines only")
+    p.add_argument("--corpus", default=EvalConfig.corpus)
+    p.add_argument("--rooms", default=EvalConfig.rooms)
+    p.add_argument("--split", default=EvalConfig.split, choices=("train", "val", "test"))
+    p.add_argument("--count", type=int, default=EvalConfig.count, help="total examples (reverb + dry + music)")
+    p.add_argument("--seed", type=int, default=EvalConfig.seed)
+    p.add_argument("--seconds", type=float, default=EvalConfig.seconds, help="maximum example length, s")
+    p.add_argument("--jobs", type=int, default=EvalConfig.jobs, help="worker processes")
+    p.add_argument("--out", default=None, help="write the full result JSON here")
+    p.add_argument("--markdown", default=None, help="write the Markdown tables here")
+    p.add_argument("--no-baselines", action="store_true", help="skip WPE online/offline")
+    p.add_argument("--no-dnsmos", action="store_true", help="skip DNSMOS (the slowest metric)")
+    a = p.parse_args(argv)
+    if a.count < 1:
+        p.error("--count must be >= 1")
+    cfg = EvalConfig(corpus=a.corpus, rooms=a.rooms, model=a.model, split=a.split, count=a.count, seed=a.seed,
+                     seconds=a.seconds, baselines=not a.no_baselines, dnsmos=not a.no_dnsmos, jobs=max(1, a.jobs))
+    return cfg, a
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg, a = parse_args(argv)
+    if cfg.model and cfg.model != PASSTHROUGH and not Path(cfg.model).is_file():
+        print(f"error: model {cfg.model} not found", file=sys.stderr)
+        return 2
+    result = evaluate(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
+    name = Path(cfg.model).stem if cfg.model else "baselines"
+    md = markdown_table(result["summary"], title=f"{name} on {cfg.split} ({len(result['examples'])} examples, "
+                                                   f"seed {cfg.seed})")
+    md += "\n" + "```\n" + timing_text(result) + "\n```\n"
+    print(md)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(result, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    if a.markdown:
+        Path(a.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.markdown).write_text(md, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Train the dereverberation model.
+
+    python -m training.train --config training/configs/default.toml [--set optim.epochs=3 ...]
+
+Seeded; a progress bar per epoch; validation (SI-SDR improvement against the target) after every
+epoch; checkpoints written atomically to ``<out_dir>/last.pt`` (resume point) and ``best.pt``
+(best validation), both loadable with ``torch.load(weights_only=True)``. Re-running the same command
+resumes from ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from training.config import TrainConfig, load_config
+from training.model import MaskLSTM, count_parameters
+
+
+def snr_db(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Per-example SNR in dB of ``est`` against ``ref`` ([B, T] each)."""
+    noise = ((est - ref) ** 2).sum(-1)
+    return 10 * torch.log10((ref**2).sum(-1) + eps) - 10 * torch.log10(noise + eps)
+
+
+def si_sdr_db(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Per-example scale-invariant SDR in dB ([B, T] each)."""
+    est = est - est.mean(-1, keepdim=True)
+    ref = ref - ref.mean(-1, keepdim=True)
+    scale = (est * ref).sum(-1, keepdim=True) / ((ref**2).sum(-1, keepdim=True) + eps)
+    return snr_db(est, scale * ref, eps)
+
+
+def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Negative SNR of the output against the target (plus optional spectral term).
+
+    The step function delays audio by ``step_latency`` samples, so the output is compared with the
+    target shifted by the same amount; the first samples (filter warm-up) are excluded.
+    Returns (loss, per-example SI-SDR of output vs target for logging).
+    """
+    mix = batch["mixture"]
+    target = batch[cfg.loss.target]
+    lat = model.cfg.step_latency
+    out = model.enhance(mix)[:, lat:]
+    ref = target[:, : target.shape[1] - lat]
+    loss = -snr_db(out, ref).clamp(max=60.0).mean()
+    if cfg.loss.spectral_weight > 0:
+        win = torch.hann_window(512, device=out.device)
+        so = torch.stft(out, 512, 128, window=win, return_complex=True).abs().clamp_min(1e-8) ** 0.3
+        sr = torch.stft(ref, 512, 128, window=win, return_complex=True).abs().clamp_min(1e-8) ** 0.3
+        loss = loss + cfg.loss.spectral_weight * ((so - sr) ** 2).mean()
+    return loss, si_sdr_db(out.detach(), ref)
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """Write to a temporary file then rename, so a crash never leaves a half-written checkpoint."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def make_loaders(cfg: TrainConfig):
+    from training.dataset import ReverbDataset
+
+    d = cfg.data
+    train = ReverbDataset(d.corpus, d.rooms, "train", segment_seconds=d.segment_seconds,
+                          length=d.train_examples_per_epoch, seed=cfg.optim.seed)
+    val = ReverbDataset(d.corpus, d.rooms, "val", segment_seconds=d.segment_seconds,
+                        length=d.val_examples, seed=cfg.optim.seed + 1)
+    kw = dict(batch_size=cfg.optim.batch_size, num_workers=d.workers, collate_fn=_collate,
+              persistent_workers=d.workers > 0)
+    return train, val, DataLoader(train, shuffle=False, **kw), DataLoader(val, shuffle=False, **kw)
+
+
+def _collate(items: list[dict]) -> dict:
+    keys = ("mixture", "early", "direct")
+    batch = {k: torch.from_numpy(np.stack([it[k] for it in items])) for k in keys}
+    batch["rt60"] = torch.tensor([float(it.get("rt60", 0.0)) for it in items])
+    return batch
+
+
+@torch.no_grad()
+def validate(model: MaskLSTM, loader, cfg: TrainConfig) -> dict:
+    model.eval()
+    gains, losses = [], []
+    lat = model.cfg.step_latency
+    for batch in loader:
+        loss, sdr_out = compute_loss(model, batch, cfg)
+        target = batch[cfg.loss.target]
+        sdr_in = si_sdr_db(batch["mixture"][:, : target.shape[1] - lat], target[:, : target.shape[1] - lat])
+        gains.append((sdr_out - sdr_in).numpy())
+        losses.append(float(loss))
+    model.train()
+    return {"loss": float(np.mean(losses)), "si_sdr_gain_db": float(np.mean(np.concatenate(gains)))}
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) training; returns the path of the best checkpoint."""
+    from tqdm import tqdm
+
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.optim.threads)
+    torch.manual_seed(cfg.optim.seed)
+    random.seed(cfg.optim.seed)
+    np.random.seed(cfg.optim.seed)
+    model = MaskLSTM(cfg.model)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
+    train_ds, _, train_loader, val_loader = make_loaders(cfg)
+    steps_per_epoch = math.ceil(len(train_ds) / cfg.optim.batch_size)
+    total_steps = steps_per_epoch * cfg.optim.epochs
+    gamma = (cfg.optim.lr_final / cfg.optim.lr) ** (1 / max(1, total_steps))
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
+    start_epoch, best, history, elapsed = 0, -math.inf, [], 0.0
+    last = out / "last.pt"
+    if last.exists():
+        ck = torch.load(last, map_location="cpu", weights_only=True)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start_epoch, best, history = ck["epoch"] + 1, ck["best"], ck["history"]
+        elapsed = ck["elapsed_s"]
+        torch.set_rng_state(ck["torch_rng"])
+        print(f"resumed from {last} at epoch {start_epoch}", file=sys.stderr)
+    print(f"model: {count_parameters(model):,} parameters; {steps_per_epoch} steps/epoch", file=sys.stderr)
+    t_start = time.monotonic() - elapsed
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        train_ds.set_epoch(epoch)
+        model.train()
+        bar = tqdm(train_loader, desc=f"epoch {epoch}", total=steps_per_epoch, file=sys.stderr,
+                   disable=not sys.stderr.isatty() and os.environ.get("CI") is not None)
+        running = []
+        for batch in bar:
+            loss, sdr = compute_loss(model, batch, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            opt.step()
+            sched.step()
+            running.append(float(loss))
+            bar.set_postfix(loss=f"{np.mean(running[-50:]):.2f}", lr=f"{sched.get_last_lr()[0]:.1e}")
+        val = validate(model, val_loader, cfg)
+        elapsed = time.monotonic() - t_start
+        record = {"epoch": epoch, "train_loss": float(np.mean(running)), **val, "elapsed_s": round(elapsed, 1)}
+        history.append(record)
+        print(json.dumps(record), file=sys.stderr)
+        summary = {
+            "config": cfg.to_dict(),
+            "epochs": epoch + 1,
+            "train_seconds": round(elapsed, 1),
+            "audio_hours_seen": round((epoch + 1) * len(train_ds) * cfg.data.segment_seconds / 3600, 2),
+            "val": val,
+        }
+        ckpt = {
+            "model_config": cfg.model.to_dict(),
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "epoch": epoch,
+            "best": max(best, val["si_sdr_gain_db"]),
+            "history": history,
+            "elapsed_s": elapsed,
+            "torch_rng": torch.get_rng_state(),
+            "summary": summary,
+        }
+        if val["si_sdr_gain_db"] > best:
+            best = val["si_sdr_gain_db"]
+            save_atomic({k: ckpt[k] for k in ("model_config", "model", "summary", "history")}, out / "best.pt")
+        save_atomic(ckpt, last)
+        if elapsed > cfg.optim.max_minutes * 60:
+            print(f"time budget of {cfg.optim.max_minutes} min reached after epoch {epoch}", file=sys.stderr)
+            break
+    return out / "best.pt"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=Path("training/configs/default.toml"))
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value (TOML literal), e.g. --set optim.epochs=2")
+    args = parser.parse_args(argv)
+    import tomllib
+
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = tomllib.loads(f"v = {value}")["v"]
+    cfg = load_config(args.config, overrides)
+    best = train(cfg)
+    print(best)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
