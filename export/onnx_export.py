@@ -81,7 +81,8 @@ def build_card(model: MaskLSTM, ckpt: dict, name: str, metrics: dict | None) -> 
         "format": CARD_FORMAT,
         "name": name,
         "version": ckpt.get("version", "0.1.0"),
-        "architecture": "STFT-mask LSTM (sqrt-Hann 512/256, log-power -> LSTM -> sigmoid mask)",
+        "architecture": (f"STFT {cfg.mask}-mask LSTM (sqrt-Hann {cfg.win}/{cfg.hop}, "
+                         f"{cfg.layers} x {cfg.hidden} LSTM, input projection {cfg.input_proj})"),
         "sample_rate": cfg.sample_rate,
         "hop": cfg.hop,
         "window": cfg.win,

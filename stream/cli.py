@@ -4,6 +4,9 @@ Subcommands:
   file     dereverberate files or folders (time-aligned, same format, written atomically)
   demo     dereverberate the bundled reverberant clip and report latency and speed
   info     show the model card (rate, hop, latency, states, training, metrics)
+  live     dereverberate a live input (microphone) to an output (speakers) in real time
+  devices  list audio devices (index, name, host API, channels, default rate) for live -i/-o
+  bench    measure latency, per-block processing time, file-mode speed, load time and memory
 
 Run 'dereverb SUBCOMMAND -h' for the options of each.
 """
@@ -149,7 +152,197 @@ def _run_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-SUBCOMMANDS: list[Callable] = [_add_file, _add_demo, _add_info]
+# --------------------------------------------------------------------------------------------- bench
+def block_sizes(text: str) -> tuple[int, ...]:
+    """argparse type for --block-sizes: comma-separated frame counts, each >= 1."""
+    try:
+        sizes = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"block sizes must be integers >= 1, got {text!r}")
+    return sizes
+
+
+def bench_seconds(text: str) -> float:
+    """argparse type for bench --seconds: a duration > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {value}")
+    return value
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="measure latency, speed, load time and memory",
+                       description="Measure the algorithmic latency, the processing time per block "
+                                   "(p50/p99/max) and real-time factor for each block size through the "
+                                   "streaming engine, the file-mode throughput, the import + model load time "
+                                   "and the peak memory. Run it on an otherwise idle machine.")
+    p.add_argument("--block-sizes", type=block_sizes, default=(32, 64, 128, 256, 512, 1024), metavar="N,N,..",
+                   help="frames per block at the stream's rate (default: 32,64,128,256,512,1024)")
+    p.add_argument("--samplerate", type=positive_int, default=None, metavar="SR",
+                   help="stream sample rate in Hz (default: the model's; others are resampled inside)")
+    p.add_argument("--channels", type=positive_int, default=1, metavar="C", help="channels (default: 1)")
+    p.add_argument("--seconds", type=bench_seconds, default=10.0, metavar="S",
+                   help="seconds of audio streamed per block size (default: 10)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    add_model_options(p)
+    p.set_defaults(run=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    import os
+
+    from stream.bench import busy_warning, run_bench
+
+    warning = busy_warning(os.getloadavg()[0], os.cpu_count() or 1)
+    if warning:
+        print(f"dereverb: warning: {warning}", file=sys.stderr)
+    model = load_model(args)
+    log = None if args.json else (lambda s: print(f"  measuring {s} ...", file=sys.stderr))
+    try:
+        report = run_bench(model, threads=args.threads, block_sizes=args.block_sizes, sample_rate=args.samplerate,
+                           channels=args.channels, seconds=args.seconds, log=log)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.format_table())
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------- live
+def latency_value(text: str) -> str | float:
+    """argparse type for --latency: 'low', 'high' or seconds > 0."""
+    if text in ("low", "high"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected low, high or seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _add_live(sub) -> None:
+    from stream.devices import parse_device
+
+    p = sub.add_parser("live", help="live input -> dereverb -> output, in real time",
+                       description="Dereverberate a live input (microphone) to an output (speakers). Devices "
+                                   "open at their own rate; the engine resamples inside. On a terminal, keys: "
+                                   "b = bypass on/off, + / - = mix up/down, q = quit (Ctrl-C works too).")
+    p.add_argument("-i", "--input-device", type=parse_device, default=None, metavar="DEV",
+                   help="input device: index or name substring (default: the system default)")
+    p.add_argument("-o", "--output-device", type=parse_device, default=None, metavar="DEV",
+                   help="output device: index or name substring (default: the system default)")
+    p.add_argument("--samplerate", type=positive_int, default=None, metavar="SR",
+                   help="stream rate in Hz (default: the input device's own rate)")
+    p.add_argument("--blocksize", type=nonnegative_int, default=0, metavar="N",
+                   help="frames per callback (default 0: the host's choice, e.g. the JACK period)")
+    p.add_argument("--channels", type=positive_int, default=None, metavar="C",
+                   help="channels to process (default: min(2, input channels, output channels); "
+                        "mono is copied to both outputs)")
+    p.add_argument("--latency", type=latency_value, default="low", metavar="low|high|SECONDS",
+                   help="device latency PortAudio aims for (default: low; use high if it crackles)")
+    p.add_argument("--mix", type=mix_value, default=1.0, metavar="M",
+                   help="wet/dry: 1 = fully dereverberated (default), 0 = original")
+    p.add_argument("--bypass", action="store_true", help="start bypassed (press b to switch the effect on)")
+    p.add_argument("--duration", type=positive_float, default=None, metavar="S",
+                   help="stop after S seconds (default: run until q or Ctrl-C)")
+    p.add_argument("--stats", type=Path, default=None, metavar="PATH", help="write the summary as JSON")
+    p.add_argument("--buffer-ms", type=float, default=20.0, metavar="MS",  # checked >= 0 in _run_live
+                   help="run the model on a worker thread behind MS ms of buffering (default 20: rides out "
+                        "CPU spikes, see docs/live.md); 0 = inside the audio callback, 20 ms less latency "
+                        "but more xruns on a busy machine")
+    p.add_argument("--passthrough", action="store_true",
+                   help="copy input to output without the model: a baseline for latency and xruns")
+    p.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
+    add_model_options(p)
+    p.set_defaults(run=_run_live)
+
+
+def _add_devices(sub) -> None:
+    p = sub.add_parser("devices", help="list audio devices for live mode",
+                       description="List audio devices: index, name, host API, input and output channels, "
+                                   "default rate. Use the index or a name substring with live -i/-o.")
+    p.set_defaults(run=_run_devices)
+
+
+def _sounddevice():
+    from stream.devices import AudioDeviceError, import_sounddevice
+
+    try:
+        return import_sounddevice()
+    except AudioDeviceError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _run_devices(args: argparse.Namespace) -> int:
+    from stream.devices import format_devices, query_devices
+
+    devices, default_in, default_out = query_devices(_sounddevice())
+    if not devices:
+        raise CliError("no audio devices found (no sound card, or the audio server is not running)")
+    print(format_devices(devices, default_in, default_out))
+    return EXIT_OK
+
+
+def _run_live(args: argparse.Namespace) -> int:
+    import os
+
+    from stream.devices import AudioDeviceError
+    from stream.live import LiveConfig, format_summary, prepare, run_live, write_stats
+
+    if args.list_devices:
+        return _run_devices(args)
+    if args.buffer_ms < 0:
+        raise CliError(f"--buffer-ms must be >= 0, got {args.buffer_ms}", EXIT_USAGE)
+    sd = _sounddevice()
+    config = LiveConfig(input_device=args.input_device, output_device=args.output_device,
+                        samplerate=args.samplerate, blocksize=args.blocksize, channels=args.channels,
+                        latency=args.latency, mix=args.mix, bypass=args.bypass, duration=args.duration,
+                        stats=args.stats, passthrough=args.passthrough, buffer_ms=args.buffer_ms)
+    try:
+        setup = prepare(sd, config)  # device problems surface before the model loads
+        model = None if args.passthrough else load_model(args)
+        result = run_live(sd, config, model, setup)
+    except AudioDeviceError as exc:
+        raise CliError(str(exc)) from None
+    if args.stats is not None:
+        write_stats(args.stats, result.summary)
+    print(format_summary(result.summary), flush=True)
+    if result.device_lost:
+        print("dereverb: error: the audio device stopped mid-stream (unplugged, or the audio server quit)",
+              file=sys.stderr, flush=True)
+        # PortAudio can hang for good in stop/close/terminate once its device is gone (seen with JACK), and
+        # sounddevice terminates PortAudio at exit: leave without running those handlers.
+        os._exit(EXIT_FAILED)
+    return EXIT_OK
+
+
+SUBCOMMANDS: list[Callable] = [_add_file, _add_demo, _add_info, _add_bench, _add_live, _add_devices]
 
 
 def build_parser() -> argparse.ArgumentParser:

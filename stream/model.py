@@ -48,7 +48,10 @@ class StateSpec:
 
 @dataclass(frozen=True)
 class SessionOptions:
-    """ONNX Runtime settings; one intra-op thread is the fastest for a 1-hop step (see docs)."""
+    """ONNX Runtime settings; one intra-op thread is the fastest for a 1-hop step (docs/onnxruntime.md).
+
+    threads: intra-op threads (1 = one core per stream; 2 only speeds up many hops per call).
+    """
 
     threads: int = 1
 
@@ -87,6 +90,10 @@ class StepModel:
             raise ModelError(f"{path}: model file not found")
         import onnxruntime as ort
 
+        # Chosen by measurement (docs/onnxruntime.md, `python -m benchmarks.ort_settings`): a 1-hop step is
+        # too small to split across threads, a sequential graph needs no inter-op pool, full graph
+        # optimisation is never slower, and the default CPU arena and memory pattern cost nothing extra.
+        # IO binding is not used: with fresh numpy outputs (which a pure run() needs) it is slower.
         so = ort.SessionOptions()
         so.intra_op_num_threads = options.threads
         so.inter_op_num_threads = 1

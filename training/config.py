@@ -37,6 +37,8 @@ class OptimConfig:
 class LossConfig:
     # Which reference the model learns to produce: "early" (direct + early reflections) or "direct".
     target: str = "early"
+    # Soft ceiling of the per-example SNR in the loss (dB), see ``training.train.snr_db``.
+    snr_max_db: float = 30.0
     # Weight of a compressed-magnitude spectral term added to the negative SNR (dB) loss.
     spectral_weight: float = 0.0
 

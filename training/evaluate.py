@@ -4,16 +4,17 @@ Usage::
 
     python -m training.evaluate --model models/NAME.onnx \\
         --corpus /work/data/corpus --rooms /work/data/rooms \\
-        [--split test] [--count 96] [--seed 0] [--seconds 6] [--jobs 2] \\
+        [--split test] [--count 96] [--seed 0] [--seconds 6] [--warmup 0] [--jobs 2] \\
         [--out docs/eval/NAME.json] [--markdown docs/eval/NAME.md] [--no-baselines] [--no-dnsmos]
 
-Test set (deterministic for a given corpus, rooms, split, count, seed and seconds):
+Test set (deterministic for a given corpus, rooms, split, count, seed, seconds and warmup):
 
 * ``reverb``: speech clips of the split's (held-out) voices through the split's rooms with
   :func:`training.mixing.make_example` (noise and microphone EQ on, as in training; only the
   5 % "anechoic" replacement is switched off so that every example really is reverberant).
   Rooms are drawn round-robin over the RT60 bins (< 0.4 s, 0.4-0.8 s, > 0.8 s) so every
-  bin gets about the same number of examples; voices are drawn round-robin too.
+  bin gets about the same number of examples; speakers (espeak variants grouped by accent)
+  are drawn round-robin too.
 * ``dry``: the dry speech clip itself is the input (a dereverberator should leave it alone).
 * ``music``: the split's music clips through the split's rooms (same mixing as speech).
 
@@ -26,6 +27,12 @@ through the real runtime, :func:`stream.dereverb_array`, time-aligned), ``wpe_on
   DNSMOS OVRL/SIG/BAK of the output; the input's values are the ``unprocessed`` row.
 * dry: SI-SDR, PESQ-WB and ESTOI of the output vs the input; DNSMOS of the output.
 * music: SI-SDR vs early-50 and vs direct, input -> output (PESQ/ESTOI/DNSMOS are speech metrics).
+* a "direct-path reference" row gives the DNSMOS of the direct-path target (a ceiling).
+
+Every example starts from a fresh system state (cold start) unless ``--warmup S``: then S
+seconds of other audio (same speaker group / other music, same room and mixing) are
+processed first and not scored, which measures the steady state of adaptive systems
+(online WPE needs 1-2 s to converge; it loses several dB in a cold 6 s example).
 
 Examples are split into ``--jobs`` interleaved shards, one worker process each (one
 thread per worker for numpy/onnxruntime, so RTFs are single-threaded figures measured
@@ -45,6 +52,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +83,12 @@ class EvalConfig:
     split: str = "test"
     count: int = 96  # total examples: reverb + dry + music
     seed: int = 0
-    seconds: float = 6.0  # maximum length of one example (shorter clips are used whole)
+    seconds: float = 6.0  # maximum scored length of one example (shorter clips are used whole)
+    # Seconds of other audio (same speaker, or other music; same room, same mixing) run through
+    # every system before the scored part and then discarded. 0 = cold start: each example
+    # starts from a fresh state, which is what an application sees in its first seconds;
+    # > 0 measures the steady state of adaptive/streaming systems (online WPE needs ~1-2 s).
+    warmup: float = 0.0
     dry_fraction: float = 0.125
     music_fraction: float = 0.125
     baselines: bool = True
@@ -97,6 +110,7 @@ class ExampleSpec:
     rt60: float | None
     drr_db: float | None
     seed: int  # per-example seed for crop and mixing augmentations
+    warmup_path: str | None = None  # absolute path of the clip that precedes it (--warmup)
 
 
 def rt60_bin(rt60: float) -> str:
@@ -105,6 +119,16 @@ def rt60_bin(rt60: float) -> str:
         if lo <= rt60 < hi:
             return name
     return RT60_BINS[-1][0]
+
+
+def speaker_key(clip: dict[str, Any]) -> str:
+    """Speaker group of a manifest record: the voice, without an espeak variant suffix.
+
+    espeak "voices" such as ``en-us-nyc+m3`` are one accent model with a variant (pitch,
+    formant) tweak; grouping by the accent keeps one festival voice from being outweighed
+    by dozens of near-identical espeak variants.
+    """
+    return f"{clip.get('source', '')}:{str(clip.get('voice') or '').split('+')[0]}"
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -150,11 +174,11 @@ def plan_examples(cfg: EvalConfig) -> list[ExampleSpec]:
     n_music = int(round(cfg.count * cfg.music_fraction)) if music else 0
     n_reverb = max(0, cfg.count - n_dry - n_music)
 
-    # Voices round-robin (shuffled order), clips within a voice shuffled: spreads the few
-    # held-out voices evenly instead of letting the most prolific one dominate.
+    # Speakers round-robin (shuffled order), clips within a speaker shuffled: spreads the few
+    # held-out speakers evenly instead of letting the most prolific one dominate.
     by_voice: dict[str, list[dict]] = {}
     for c in speech:
-        by_voice.setdefault(str(c.get("voice")), []).append(c)
+        by_voice.setdefault(speaker_key(c), []).append(c)
     voice_order = sorted(by_voice)
     rng.shuffle(voice_order)
     voice_lists = []
@@ -197,7 +221,23 @@ def plan_examples(cfg: EvalConfig) -> list[ExampleSpec]:
         add("dry", speech_seq[n_reverb + k], None)
     for k in range(n_music):
         add("music", music_seq[k % len(music_seq)], room_seq[n_reverb + k])
-    return specs
+
+    # Warm-up clips come from their own generator so that the plan above does not depend
+    # on whether --warmup is used: same speaker group (speech) or any other music clip.
+    wrng = np.random.default_rng([cfg.seed, 1])
+    groups = {speaker_key(c): [str(corpus / x["path"]) for x in by_voice[speaker_key(c)]] for c in speech}
+    music_paths = [str(corpus / c["path"]) for c in music]
+    speech_paths = [str(corpus / c["path"]) for c in speech]
+    out = []
+    for sp in specs:
+        if sp.kind == "music":
+            pools = [music_paths]
+        else:
+            pools = [next(g for g in groups.values() if sp.clip_path in g), speech_paths]
+        # another clip of the same kind (same speaker if possible); itself only as a last resort
+        others = next((o for o in ([p for p in pool if p != sp.clip_path] for pool in pools) if o), [sp.clip_path])
+        out.append(dataclasses.replace(sp, warmup_path=others[int(wrng.integers(len(others)))]))
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -212,12 +252,18 @@ def _read_audio(path: str) -> np.ndarray:
     return x[:, 0]
 
 
-def build_example(spec: ExampleSpec, seconds: float) -> dict[str, np.ndarray | dict]:
-    """Rebuild ``spec``: returns ``{"input", "early", "direct": float32 [n], "info": dict}``.
+def build_example(spec: ExampleSpec, seconds: float, warmup: float = 0.0) -> dict[str, Any]:
+    """Rebuild ``spec``.
+
+    Returns ``{"input", "early", "direct": float32 [n], "score_from": int, "info": dict}``:
+    systems process all ``n`` samples; metrics use ``[score_from:]`` only (``score_from`` =
+    the warm-up length, 0 without warm-up).
 
     Clips longer than ``seconds`` are cropped at a seeded random offset; the reverb is
     computed on the clip up to the crop end, so the crop starts with the real reverberant
     tail of the preceding speech (``valid_from`` makes mixing measure levels on the crop).
+    With ``warmup`` > 0 the last ``warmup`` seconds of ``spec.warmup_path`` are put in front
+    (through the same room and augmentations), as if the stream had been running already.
     """
     from training.mixing import MixConfig, make_example
 
@@ -226,9 +272,18 @@ def build_example(spec: ExampleSpec, seconds: float) -> dict[str, np.ndarray | d
     seg = int(round(seconds * SAMPLE_RATE))
     start = int(rng.integers(0, len(dry) - seg + 1)) if len(dry) > seg else 0
     stop = min(len(dry), start + seg)
+    n_warm = int(round(warmup * SAMPLE_RATE))
+    if n_warm > 0:
+        if spec.warmup_path is None:
+            raise ValueError("warm-up requested but the example has no warm-up clip")
+        warm = _read_audio(spec.warmup_path)
+        if len(warm) < n_warm:  # tile short clips; the exact content only has to be plausible
+            warm = np.tile(warm, int(np.ceil(n_warm / max(1, len(warm)))))
+        dry = np.concatenate([warm[-n_warm:], dry[start:stop]])
+        start, stop = n_warm, n_warm + (stop - start)
     if spec.kind == "dry":
-        x = dry[start:stop].astype(np.float32)
-        return {"input": x, "early": x, "direct": x, "info": {"crop_start": start}}
+        x = dry[start - n_warm : stop].astype(np.float32)
+        return {"input": x, "early": x, "direct": x, "score_from": n_warm, "info": {"crop_start": start}}
     import soundfile as sf
 
     rir, sr = sf.read(spec.room_path, dtype="float32", always_2d=True)
@@ -240,8 +295,9 @@ def build_example(spec: ExampleSpec, seconds: float) -> dict[str, np.ndarray | d
     ex = make_example(dry[:stop], rir[:, 0], rng, mix_cfg, info={"rt60": spec.rt60}, valid_from=start)
     info = {k: v for k, v in ex.info.items() if isinstance(v, (int, float, str, bool))}
     info["crop_start"] = start
-    return {"input": ex.mixture[start:stop], "early": ex.early[start:stop], "direct": ex.direct[start:stop],
-            "info": info}
+    lo = start - n_warm
+    return {"input": ex.mixture[lo:stop], "early": ex.early[lo:stop], "direct": ex.direct[lo:stop],
+            "score_from": n_warm, "info": info}
 
 
 # --------------------------------------------------------------------------------------
@@ -300,22 +356,26 @@ class Evaluator:
     def score(self, spec: ExampleSpec) -> dict[str, Any]:
         """Process one example with every system; returns its JSON-able record."""
         m = self.m
-        ex = build_example(spec, self.cfg.seconds)
-        x, early, direct = ex["input"], ex["early"], ex["direct"]
+        ex = build_example(spec, self.cfg.seconds, self.cfg.warmup)
+        x_all = ex["input"]
+        s0 = int(ex["score_from"])
+        x, early, direct = x_all[s0:], ex["early"][s0:], ex["direct"][s0:]
         rec: dict[str, Any] = {
             "index": spec.index, "kind": spec.kind, "clip": spec.clip_id, "voice": spec.voice,
             "room": spec.room_id, "rt60": spec.rt60, "drr_db": spec.drr_db,
             "bin": spec.kind if spec.kind != "reverb" else rt60_bin(float(spec.rt60)),
-            "seconds": len(x) / SAMPLE_RATE, "mix": ex["info"], "systems": {},
+            "seconds": len(x) / SAMPLE_RATE, "processed_seconds": len(x_all) / SAMPLE_RATE,
+            "mix": ex["info"], "systems": {},
         }
         for name, fn in self.systems.items():
             t0 = time.perf_counter()
-            y = np.asarray(fn(x), dtype=np.float32)
+            y_all = np.asarray(fn(x_all), dtype=np.float32)
             proc = time.perf_counter() - t0
-            if y.shape != x.shape:
-                raise RuntimeError(f"{name} returned shape {y.shape} for input {x.shape}")
-            if not np.all(np.isfinite(y)):
+            if y_all.shape != x_all.shape:
+                raise RuntimeError(f"{name} returned shape {y_all.shape} for input {x_all.shape}")
+            if not np.all(np.isfinite(y_all)):
                 raise RuntimeError(f"{name} produced non-finite samples on example {spec.index}")
+            y = y_all[s0:]
             r: dict[str, float] = {"proc_seconds": proc}
             if spec.kind == "reverb":
                 r["si_sdr_direct"] = self._t("si_sdr", m.si_sdr, y, direct)
@@ -395,7 +455,7 @@ def aggregate(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str
             row: dict[str, Any] = {"n": len(recs)}
             for k in keys:
                 row[k] = _mean([r["systems"][s].get(k) for r in recs])
-            audio = sum(r["seconds"] for r in recs)
+            audio = sum(r.get("processed_seconds", r["seconds"]) for r in recs)
             row["rtf"] = sum(r["systems"][s]["proc_seconds"] for r in recs) / audio if audio else None
             out[g][s] = row
         refs = [r["reference_dnsmos"] for r in recs if r.get("reference_dnsmos")]
@@ -515,8 +575,10 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
         saved = {v: os.environ.get(v) for v in _THREAD_VARS}
         _set_single_thread_env()
         try:
-            with mp.get_context("spawn").Pool(jobs) as pool:
-                results = pool.map(_run_shard, shards)
+            # ProcessPoolExecutor (unlike Pool) raises BrokenProcessPool if a worker dies
+            # instead of silently respawning it and waiting forever.
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+                results = list(pool.map(_run_shard, shards))
         finally:
             for v, val in saved.items():
                 if val is None:
@@ -531,11 +593,13 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
     wall = time.perf_counter() - t_start
 
     audio = sum(r["seconds"] for r in records)
+    processed = sum(r["processed_seconds"] for r in records)
     systems = [s for s in SYSTEMS_ORDER if s in records[0]["systems"]]
     timing = {
         "wall_seconds": wall,
         "examples": len(records),
         "audio_seconds": audio,
+        "processed_audio_seconds": processed,
         "jobs": jobs,
         "worker_setup_seconds": [res[2] for res in results],
         "per_example_wall_seconds": wall / len(records),
@@ -544,7 +608,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
         "metric_seconds_total": {k: float(np.sum(v)) for k, v in metric_time.items()},
         "systems": {
             s: {"proc_seconds": sum(r["systems"][s]["proc_seconds"] for r in records),
-                "rtf": sum(r["systems"][s]["proc_seconds"] for r in records) / audio}
+                "rtf": sum(r["systems"][s]["proc_seconds"] for r in records) / processed}
             for s in systems
         },
     }
@@ -553,12 +617,22 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
         "config": dataclasses.asdict(cfg),
         "environment": {"python": platform.python_version(), "machine": platform.machine(),
                         "cpus": os.cpu_count(), "packages": _package_versions()},
-        "test_set": {"counts": kinds, "rt60_bins": {g: summary[g]["unprocessed"]["n"]
+        "test_set": {"counts": kinds,
+                     "manifest_sha256": _sha256(Path(cfg.corpus) / "manifest.jsonl"),
+                     "rooms_sha256": _sha256(Path(cfg.rooms) / "rooms.jsonl"),
+                     "model_sha256": _sha256(Path(cfg.model)) if cfg.model and cfg.model != PASSTHROUGH else None, "rt60_bins": {g: summary[g]["unprocessed"]["n"]
                                                    for g in summary if g.startswith("rt60")}},
         "summary": summary,
         "timing": timing,
         "examples": records,
     })
+
+
+def _sha256(path: Path) -> str:
+    """Fingerprint of an input file, so a result can be tied to the exact data it used."""
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _package_versions() -> dict[str, str]:
@@ -596,6 +670,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[EvalConfig, argparse.
     p.add_argument("--count", type=int, default=EvalConfig.count, help="total examples (reverb + dry + music)")
     p.add_argument("--seed", type=int, default=EvalConfig.seed)
     p.add_argument("--seconds", type=float, default=EvalConfig.seconds, help="maximum example length, s")
+    p.add_argument("--warmup", type=float, default=EvalConfig.warmup,
+                   help="seconds of preceding audio processed but not scored (0 = cold start)")
     p.add_argument("--jobs", type=int, default=EvalConfig.jobs, help="worker processes")
     p.add_argument("--out", default=None, help="write the full result JSON here")
     p.add_argument("--markdown", default=None, help="write the Markdown tables here")
@@ -605,7 +681,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[EvalConfig, argparse.
     if a.count < 1:
         p.error("--count must be >= 1")
     cfg = EvalConfig(corpus=a.corpus, rooms=a.rooms, model=a.model, split=a.split, count=a.count, seed=a.seed,
-                     seconds=a.seconds, baselines=not a.no_baselines, dnsmos=not a.no_dnsmos, jobs=max(1, a.jobs))
+                     seconds=a.seconds, warmup=a.warmup, baselines=not a.no_baselines, dnsmos=not a.no_dnsmos, jobs=max(1, a.jobs))
     return cfg, a
 
 
@@ -617,7 +693,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = evaluate(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
     name = Path(cfg.model).stem if cfg.model else "baselines"
     md = markdown_table(result["summary"], title=f"{name} on {cfg.split} ({len(result['examples'])} examples, "
-                                                   f"seed {cfg.seed})")
+                                                   f"seed {cfg.seed}, "
+                                                   + (f"{cfg.warmup:g} s warm-up)" if cfg.warmup > 0 else "cold start)"))
     md += "\n" + "```\n" + timing_text(result) + "\n```\n"
     print(md)
     if a.out:

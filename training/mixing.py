@@ -25,10 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.signal import fftconvolve, sosfilt
+import scipy.fft as sfft
+from scipy.signal import sosfilt
 
 __all__ = ["MixConfig", "RirParts", "Example", "find_direct_index", "split_rir", "make_example",
-           "convolve", "random_eq", "colored_noise", "rms_db"]
+           "convolve", "convolve_many", "random_eq", "colored_noise", "rms_db"]
 
 
 @dataclass(frozen=True)
@@ -116,11 +117,23 @@ def split_rir(rir: np.ndarray, sample_rate: int = 16000, early_ms: float = 50.0,
 
 def convolve(x: np.ndarray, h: np.ndarray, n: int | None = None) -> np.ndarray:
     """Causal convolution ``x * h`` truncated to ``n`` (default len(x)) samples."""
+    return convolve_many(x, [h], n)[0]
+
+
+def convolve_many(x: np.ndarray, hs: list[np.ndarray], n: int | None = None) -> list[np.ndarray]:
+    """``[x * h for h in hs]``, each truncated to ``n`` (default len(x)) samples.
+
+    One FFT of ``x`` is shared by all filters (the mixture, early and direct outputs use
+    the same dry signal), at a fast FFT size >= len(x) + len(h) - 1 so nothing wraps."""
     n = len(x) if n is None else n
-    y = fftconvolve(np.asarray(x, np.float64), np.asarray(h, np.float64))[:n]
-    if len(y) < n:
-        y = np.pad(y, (0, n - len(y)))
-    return y
+    m = max(len(h) for h in hs)
+    nfft = sfft.next_fast_len(len(x) + m - 1, real=True)
+    xf = sfft.rfft(np.asarray(x, np.float64), nfft)
+    out = []
+    for h in hs:
+        y = sfft.irfft(xf * sfft.rfft(np.asarray(h, np.float64), nfft), nfft)[:n]
+        out.append(np.pad(y, (0, n - len(y))) if len(y) < n else y)
+    return out
 
 
 def rms_db(x: np.ndarray) -> float:
@@ -182,12 +195,14 @@ def random_eq(rng: np.random.Generator, cfg: MixConfig) -> np.ndarray:
 
 def colored_noise(rng: np.random.Generator, n: int, kind: str) -> np.ndarray:
     """Unit-RMS noise [n]: white, pink (1/f power) or brown (1/f^2 power), shaped in the
-    frequency domain so the slope holds over the whole band."""
-    spec = rng.standard_normal(n // 2 + 1) + 1j * rng.standard_normal(n // 2 + 1)
-    f = np.arange(n // 2 + 1, dtype=np.float64)
+    frequency domain so the slope holds over the whole band. Generated at a fast FFT
+    length and cropped (an arbitrary n can be a slow, near-prime FFT size)."""
+    m = sfft.next_fast_len(n, real=True)
+    spec = rng.standard_normal(m // 2 + 1) + 1j * rng.standard_normal(m // 2 + 1)
+    f = np.arange(m // 2 + 1, dtype=np.float64)
     f[0] = 1.0
     exponent = {"white": 0.0, "pink": 0.5, "brown": 1.0}[kind]
-    x = np.fft.irfft(spec / f**exponent, n)
+    x = sfft.irfft(spec / f**exponent, m)[:n]
     return x / (np.sqrt(np.mean(x**2)) + 1e-20)
 
 
@@ -223,9 +238,7 @@ def make_example(dry: np.ndarray, rir: np.ndarray, rng: np.random.Generator,
     else:
         out_info["anechoic"] = False
     parts = split_rir(rir, cfg.sample_rate, cfg.early_ms, cfg.direct_half_ms, cfg.early_fade_ms)
-    mixture = convolve(dry, rir, n)
-    early = convolve(dry, parts.early, n)
-    direct = convolve(dry, parts.direct, n)
+    mixture, early, direct = convolve_many(dry, [rir, parts.early, parts.direct], n)
     out_info["direct_index"] = parts.direct_index
 
     if rng.random() < cfg.eq_prob:

@@ -6,13 +6,19 @@ exported ONNX graph (``export/``) is exactly what was trained, hop for hop.
 
 Signal path (16 kHz, window 512 = 32 ms, hop 256 = 16 ms, 50 % overlap):
 
-    audio [B, n*hop] --frame--> [B, n, win] --sqrt-Hann + DFT (matmul)--> re, im [B, n, F]
-    log power --> LSTM x L --> Linear --> sigmoid mask [B, n, F] (0..1, real)
-    mask * (re, im) --inverse DFT + sqrt-Hann (matmul)--> overlap-add --> audio_out [B, n*hop]
+    audio [B, n*hop] --frame--> [B, n, win] --sqrt-Hann + DFT (matmul)--> X = re + j im  [B, n, F]
+    features [log |X|^2, compressed re, compressed im] --Linear--> LSTM x L --> Linear --> mask [B, n, F]
+    mask * X --inverse DFT + sqrt-Hann (matmul)--> overlap-add --> audio_out [B, n*hop]
+
+The mask is complex by default, with its magnitude bounded below 1 (``z tanh|z| / |z|``): it can
+rotate phase as well as attenuate, but never amplify a bin. Why complex: on held-out rooms with RT60
+0.4-0.8 s an *oracle* real mask in [0, 1] lifts SI-SDR against the early-50 ms target only from
+6.9 to 10.9 dB, while an oracle complex mask with |m| <= 1 reaches 19.4 dB (measured with this
+exact STFT). The compressed real/imaginary features (|X|^0.3 with X's phase) give the network the
+phase information a complex mask needs. ``mask = "magnitude"`` keeps the real sigmoid mask.
 
 The DFT is a matrix product rather than an FFT op so the ONNX graph uses only MatMul (portable to any
-ONNX runtime, and cheap enough at 512 points). The bounded real mask keeps the mixture's phase and can
-only attenuate a time-frequency bin: late reverberation is removed, nothing is invented.
+ONNX runtime, and cheap enough at 512 points).
 
 State (all explicit, batch axis = audio channel):
     analysis [B, hop]      the previous hop of input (first half of the next analysis frame)
@@ -44,6 +50,10 @@ class ModelConfig:
     hop: int = 256
     hidden: int = 256
     layers: int = 2
+    # "complex" (bounded complex ratio mask) or "magnitude" (real sigmoid mask, phase of the input).
+    mask: str = "complex"
+    # Width of the linear layer in front of the LSTM (0: the features go straight into the LSTM).
+    input_proj: int = 256
     # Floor of the log-power features, relative to full scale: bins below it are treated as silence.
     log_floor: float = 1e-10
 
@@ -95,14 +105,22 @@ class MaskLSTM(nn.Module):
         forward, inverse = dft_matrices(cfg.win)
         self.register_buffer("dft_forward", forward, persistent=False)
         self.register_buffer("dft_inverse", inverse, persistent=False)
+        if cfg.mask not in ("complex", "magnitude"):
+            raise ValueError(f"unknown mask kind {cfg.mask!r}")
         f = cfg.bins
         # Per-bin affine on the log power, so the LSTM sees roughly unit-scale inputs at speech levels.
         self.feat_scale = nn.Parameter(torch.full((f,), 0.2))
         self.feat_bias = nn.Parameter(torch.full((f,), 2.0))
-        self.lstm = nn.LSTM(f, cfg.hidden, num_layers=cfg.layers, batch_first=True)
-        self.mask = nn.Linear(cfg.hidden, f)
-        # Start close to pass-through so early training does not destroy the signal.
-        nn.init.constant_(self.mask.bias, 2.0)
+        n_feat = f if cfg.mask == "magnitude" else 3 * f
+        self.proj = nn.Linear(n_feat, cfg.input_proj) if cfg.input_proj else None
+        self.lstm = nn.LSTM(cfg.input_proj or n_feat, cfg.hidden, num_layers=cfg.layers, batch_first=True)
+        self.mask = nn.Linear(cfg.hidden, f if cfg.mask == "magnitude" else 2 * f)
+        # Start close to pass-through so early training does not destroy the signal: sigmoid(2) = 0.88
+        # for the real mask; real part tanh(2) = 0.96, imaginary part 0 for the complex one.
+        nn.init.zeros_(self.mask.weight)
+        with torch.no_grad():
+            self.mask.bias.zero_()
+            self.mask.bias[:f] = 2.0
 
     def initial_state(self, batch: int) -> dict[str, Tensor]:
         """Zero state for ``batch`` channels, keyed by the contract's state names."""
@@ -133,10 +151,26 @@ class MaskLSTM(nn.Module):
         spec = frames @ self.dft_forward  # [B, n, 2F]
         f = self.cfg.bins
         re, im = spec[..., :f], spec[..., f:]
-        feat = torch.log(re * re + im * im + self.cfg.log_floor) * self.feat_scale + self.feat_bias
+        power = re * re + im * im + self.cfg.log_floor
+        feat = torch.log(power) * self.feat_scale + self.feat_bias
+        if self.cfg.mask == "complex":
+            # |X|^0.3 with X's phase: a level-compressed view of the phase for the complex mask.
+            squash = power ** -0.35
+            feat = torch.cat([feat, re * squash, im * squash], dim=2)
+        if self.proj is not None:
+            feat = self.proj(feat)
         hidden, (h_out, c_out) = self.lstm(feat, (lstm_h, lstm_c))
-        mask = torch.sigmoid(self.mask(hidden))
-        out_frames = torch.cat([re * mask, im * mask], dim=2) @ self.dft_inverse  # [B, n, win]
+        z = self.mask(hidden)
+        if self.cfg.mask == "magnitude":
+            mask = torch.sigmoid(z)
+            out_re, out_im = re * mask, im * mask
+        else:
+            zr, zi = z[..., :f], z[..., f:]
+            mag = torch.sqrt(zr * zr + zi * zi + 1e-12)
+            gain = torch.tanh(mag) / mag  # bounds |mask| below 1, keeps its phase
+            mr, mi = zr * gain, zi * gain
+            out_re, out_im = mr * re - mi * im, mr * im + mi * re
+        out_frames = torch.cat([out_re, out_im], dim=2) @ self.dft_inverse  # [B, n, win]
         first, second = out_frames[..., :hop], out_frames[..., hop:]
         prev_second = torch.cat([ola.unsqueeze(1), second[:, :-1]], dim=1)
         audio_out = (first + prev_second).reshape(batch, -1)
@@ -159,8 +193,12 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def macs_per_hop(cfg: ModelConfig) -> int:
-    """Multiply-adds per hop per channel (DFTs, LSTM, mask layer), for the model card."""
+    """Multiply-adds per hop per channel (DFTs, input layer, LSTM, mask layer), for the model card."""
     f, h = cfg.bins, cfg.hidden
+    n_feat = f if cfg.mask == "magnitude" else 3 * f
+    n_out = f if cfg.mask == "magnitude" else 2 * f
     dft = 2 * cfg.win * 2 * f
-    lstm = 4 * h * (f + h) + (cfg.layers - 1) * 4 * h * (2 * h)
-    return dft + lstm + h * f
+    proj = n_feat * cfg.input_proj
+    lstm_in = cfg.input_proj or n_feat
+    lstm = 4 * h * (lstm_in + h) + (cfg.layers - 1) * 4 * h * (2 * h)
+    return dft + proj + lstm + h * n_out

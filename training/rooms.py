@@ -17,7 +17,8 @@ ISM (low order) + ray tracing, seeded with ``pra.random.seed`` for determinism. 
 simulation the absorption is corrected (at most ``max_corrections`` times) if the
 *measured* RT60 misses the target by more than ``rt60_tolerance``: ray tracing's late
 energy and the ISM order cap both bias the Eyring prediction. The measured RT60 (Schroeder
-T20 fit) and DRR are what is recorded.
+T20 fit) and DRR are what is recorded; a room still off by more than
+``reject_tolerance`` is redrawn with the same target RT60 (see :func:`build_room`).
 
 Splits are assigned by room index (index % 10: 0..7 train, 8 val, 9 test).
 """
@@ -73,6 +74,8 @@ class RoomConfig:
     hist_bin_size: float = 0.004
     rt60_tolerance: float = 0.12  # relative; re-simulate with corrected absorption above
     max_corrections: int = 2
+    reject_tolerance: float = 0.3  # redraw the room if still further off than this
+    max_redraws: int = 3
     size_class_probs: tuple[float, float, float] = (0.4, 0.35, 0.25)  # small, medium, large
     split_by_index: tuple[str, ...] = ("train",) * 8 + ("val", "test")
 
@@ -207,9 +210,10 @@ def _place(rng: np.random.Generator, dims: np.ndarray, cfg: RoomConfig) -> tuple
     raise RuntimeError("could not place source and mic")
 
 
-def draw_room(rng: np.random.Generator, cfg: RoomConfig) -> RoomSpec:
-    """Draw a plausible room for a uniformly drawn target RT60."""
-    rt60 = float(rng.uniform(*cfg.rt60_range))
+def draw_room(rng: np.random.Generator, cfg: RoomConfig, rt60: float | None = None) -> RoomSpec:
+    """Draw a plausible room for a uniformly drawn target RT60 (or the given one)."""
+    drawn = float(rng.uniform(*cfg.rt60_range))
+    rt60 = drawn if rt60 is None else rt60
     classes = list(ROOM_SIZES)
     size = str(rng.choice(classes, p=np.array(cfg.size_class_probs)))
     for attempt in range(300):
@@ -259,11 +263,9 @@ def simulate(spec: RoomSpec, cfg: RoomConfig, absorption: np.ndarray) -> tuple[n
     return np.asarray(room.rir[0][0], np.float64), {"method": "hybrid" if hybrid else "ism", "max_order": order}
 
 
-def build_room(index: int, seed: int, cfg: RoomConfig, out_dir: str) -> dict:
-    """Draw, simulate (with RT60 correction), measure, truncate and write room ``index``."""
-    t0 = time.perf_counter()
-    rng = np.random.default_rng([seed, index])
-    spec = draw_room(rng, cfg)
+def simulate_to_target(spec: RoomSpec, cfg: RoomConfig) -> tuple[np.ndarray, dict, float, np.ndarray]:
+    """Simulate ``spec``, re-simulating with corrected absorption while the measured RT60
+    misses the target. Returns (rir [m], sim info, measured rt60, absorption [6, 7])."""
     rel = np.array(spec.wall_coeffs)
     k, absorption = scale_for_rt60(spec.dims, rel, spec.rt60_target)
     rir, sim = simulate(spec, cfg, absorption)
@@ -277,6 +279,30 @@ def build_room(index: int, seed: int, cfg: RoomConfig, out_dir: str) -> dict:
         absorption = np.clip(k * rel, 0.01, 0.95)
         rir, sim = simulate(spec, cfg, absorption)
         rt60 = measure_rt60(rir, cfg.sample_rate)
+    return rir, sim, rt60, absorption
+
+
+def build_room(index: int, seed: int, cfg: RoomConfig, out_dir: str) -> dict:
+    """Draw, simulate (with RT60 correction), measure, truncate and write room ``index``.
+
+    A room whose measured RT60 is still off by more than ``reject_tolerance`` after the
+    corrections is redrawn (rng ``[seed, index, attempt]``): with very non-uniform
+    absorption the decay is not exponential, and pyroomacoustics' hybrid simulator leaves
+    an energy gap between its ISM and ray-traced parts in some large rooms (a plateau in
+    the decay curve and a meaningless RT60). Attempt 0 uses ``[seed, index]``."""
+    t0 = time.perf_counter()
+    best = None
+    for attempt in range(cfg.max_redraws + 1):
+        rng = np.random.default_rng([seed, index] if attempt == 0 else [seed, index, attempt])
+        # Redraws keep the first target RT60 so the RT60 distribution stays uniform.
+        spec = draw_room(rng, cfg, None if best is None else best[1].rt60_target)
+        rir, sim, rt60, absorption = simulate_to_target(spec, cfg)
+        err = abs(rt60 / spec.rt60_target - 1) if np.isfinite(rt60) else np.inf
+        if best is None or err < best[0]:
+            best = (err, spec, rir, sim, rt60, absorption, attempt)
+        if err <= cfg.reject_tolerance:
+            break
+    _, spec, rir, sim, rt60, absorption, attempt = best
     rir = truncate_rir(rir, cfg.sample_rate, rt60)
     rir = rir / np.max(np.abs(rir))
     d0 = find_direct_index(rir, cfg.sample_rate)
@@ -296,7 +322,7 @@ def build_room(index: int, seed: int, cfg: RoomConfig, out_dir: str) -> dict:
         "room_dims": spec.dims, "volume": round(float(np.prod(spec.dims)), 2), "size_class": spec.size_class,
         "distance": round(dist, 3), "mic": [round(v, 3) for v in spec.mic], "src": [round(v, 3) for v in spec.src],
         "wall_profiles": spec.profiles, "absorption_mid": round(float(absorption[:, 2:4].mean()), 4),
-        "method": sim["method"], "max_order": sim["max_order"],
+        "method": sim["method"], "max_order": sim["max_order"], "attempt": attempt,
         "sim_seconds": round(time.perf_counter() - t0, 3),
     }
 

@@ -27,10 +27,20 @@ from training.config import TrainConfig, load_config
 from training.model import MaskLSTM, count_parameters
 
 
-def snr_db(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Per-example SNR in dB of ``est`` against ``ref`` ([B, T] each)."""
+def snr_db(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8, max_db: float | None = None) -> torch.Tensor:
+    """Per-example SNR in dB of ``est`` against ``ref`` ([B, T] each).
+
+    With ``max_db`` the SNR is soft-thresholded: 10 log10(|ref|^2 / (|err|^2 + tau |ref|^2)),
+    tau = 10^(-max_db / 10). Why: the gradient of a plain dB loss grows as 1 / |err|^2, so examples
+    that are already nearly right (dry input, short rooms) dominate every batch and the reverberant
+    ones, the point of the model, get almost no signal. Measured on one batch: plain -SNR did not
+    improve SI-SDR in 60 steps; the thresholded loss gave +4 to +6.5 dB on the reverberant examples.
+    """
+    ref_energy = (ref**2).sum(-1)
     noise = ((est - ref) ** 2).sum(-1)
-    return 10 * torch.log10((ref**2).sum(-1) + eps) - 10 * torch.log10(noise + eps)
+    if max_db is not None:
+        noise = noise + 10 ** (-max_db / 10) * ref_energy
+    return 10 * torch.log10(ref_energy + eps) - 10 * torch.log10(noise + eps)
 
 
 def si_sdr_db(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -42,7 +52,7 @@ def si_sdr_db(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8) -> torch.
 
 
 def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Negative SNR of the output against the target (plus optional spectral term).
+    """Negative thresholded SNR of the output against the target (plus optional spectral term).
 
     The step function delays audio by ``step_latency`` samples, so the output is compared with the
     target shifted by the same amount; the first samples (filter warm-up) are excluded.
@@ -53,7 +63,7 @@ def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig) -> tuple[torch.
     lat = model.cfg.step_latency
     out = model.enhance(mix)[:, lat:]
     ref = target[:, : target.shape[1] - lat]
-    loss = -snr_db(out, ref).clamp(max=60.0).mean()
+    loss = -snr_db(out, ref, max_db=cfg.loss.snr_max_db).mean()
     if cfg.loss.spectral_weight > 0:
         win = torch.hann_window(512, device=out.device)
         so = torch.stft(out, 512, 128, window=win, return_complex=True).abs().clamp_min(1e-8) ** 0.3
@@ -77,8 +87,11 @@ def make_loaders(cfg: TrainConfig):
                           length=d.train_examples_per_epoch, seed=cfg.optim.seed)
     val = ReverbDataset(d.corpus, d.rooms, "val", segment_seconds=d.segment_seconds,
                         length=d.val_examples, seed=cfg.optim.seed + 1)
-    kw = dict(batch_size=cfg.optim.batch_size, num_workers=d.workers, collate_fn=_collate,
-              persistent_workers=d.workers > 0)
+    # Load clips and RIRs once, before the DataLoader forks: workers share the pages copy-on-write.
+    # Workers are not persistent, so the epoch set on the dataset here reaches them each epoch.
+    train.preload()
+    val.preload()
+    kw = dict(batch_size=cfg.optim.batch_size, num_workers=d.workers, collate_fn=_collate)
     return train, val, DataLoader(train, shuffle=False, **kw), DataLoader(val, shuffle=False, **kw)
 
 

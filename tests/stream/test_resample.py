@@ -66,3 +66,22 @@ def test_resampler_delay_is_about_a_millisecond(fs_in, fs_out):
     # 12 zero crossings at 16 kHz with a 0.9 roll-off: 12 / (0.9 * 16000) s = 0.83 ms, plus rounding.
     r = Resampler(fs_in, fs_out)
     assert r.delay_out_samples / fs_out < 1.0e-3
+
+
+@pytest.mark.parametrize("fs_in,fs_out", PAIRS)
+def test_gather_and_per_phase_paths_give_identical_samples(fs_in, fs_out):
+    # Small blocks take the per-output gather, large ones one strided product per phase; both sum in
+    # float64 and round once, so the samples are identical, not merely close, for any block split.
+    r = Resampler(fs_in, fs_out)
+    x = np.random.default_rng(5).uniform(-1, 1, (2, fs_in // 3)).astype(np.float32)
+    assert np.array_equal(_run(r, x, [x.shape[1]]), _run(r, x, [1, 2, 5]))
+
+
+def test_first_output_never_reads_past_the_input():
+    # With an extra delay the first output's window starts before the stream: those taps see silence,
+    # never (through a wrapped index) the newest input sample.
+    r = Resampler(16000, 8000, extra_delay=1)
+    x = np.zeros((1, 1000), np.float32)
+    x[0, -1] = 1.0
+    y, _ = r.step(x, r.initial_state(1))
+    assert np.all(y[0, : r.available(1000 - r.half - 2)] == 0.0)

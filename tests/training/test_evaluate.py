@@ -116,3 +116,25 @@ def test_markdown_table_layout() -> None:
     text = E.markdown_table(summary)
     row = next(line for line in text.splitlines() if "| ours |" in line)
     assert "+2.00" in row and "-3.00" in row
+
+
+def test_warmup_prepends_context_and_scores_the_same_segment(data: tuple[Path, Path]) -> None:
+    corpus, rooms = data
+    specs = E.plan_examples(E.EvalConfig(corpus=str(corpus), rooms=str(rooms), count=6, seed=1))
+    for spec in specs:
+        cold = E.build_example(spec, seconds=2.0)
+        warm = E.build_example(spec, seconds=2.0, warmup=1.0)
+        assert cold["score_from"] == 0 and warm["score_from"] == SR
+        assert spec.warmup_path is not None and spec.warmup_path != spec.clip_path
+        n = len(cold["input"])
+        assert len(warm["input"]) == SR + n
+        if spec.kind == "dry":
+            np.testing.assert_array_equal(warm["input"][SR:], cold["input"])
+        else:
+            # same dry segment and augmentations: the early target after the warm-up matches
+            # except for the reverberant spill-over of the warm-up audio into the scored part
+            a, b = warm["early"][SR:], cold["early"]
+            assert a.shape == b.shape
+            tail = slice(int(0.1 * SR), None)  # the 50 ms early RIR has no influence beyond 0.1 s
+            np.testing.assert_allclose(a[tail], b[tail] * (np.dot(a[tail], b[tail]) / np.dot(b[tail], b[tail])),
+                                       atol=1e-4)

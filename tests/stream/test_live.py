@@ -1,0 +1,669 @@
+"""Live mode: device selection, channel layout, FIFO/resync logic, stats, errors, and real runs through JACK.
+
+The JACK tests start their own ``jackd --no-realtime -d dummy`` (Debian jackd2; as root without D-Bus) and
+skip, saying why, when no server can be started. A probe client in this process plays the bundled
+reverberant clip into ``dereverb live`` (a subprocess, as a user runs it) and records what comes back.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from stream import cli
+from stream.devices import (AudioDeviceError, DeviceInfo, _quiet_stderr, choose_layout, format_devices,
+                            import_sounddevice, parse_device, resolve_device)
+from stream.live import (Controls, Fifo, InlineProcessor, LiveConfig, TimingRing, WorkerProcessor, _Setup,
+                         choose_samplerate, format_summary, make_summary, prepare, write_stats)
+
+ROOT = Path(__file__).resolve().parents[2]
+REQUIRED_KEYS = {"duration_s", "xruns", "input_overflows", "output_underflows", "block_ms", "latency_ms",
+                 "samplerate", "blocksize"}
+
+
+def dev(index: int, name: str, ins: int, outs: int, rate: float = 48000.0, api: str = "ALSA") -> DeviceInfo:
+    return DeviceInfo(index, name, api, ins, outs, rate)
+
+
+DEVICES = [
+    dev(0, "HDA Intel PCH: ALC295 Analog (hw:0,0)", 2, 2, 44100.0),
+    dev(1, "USB Microphone: Audio (hw:1,0)", 1, 0, 16000.0),
+    dev(2, "Scarlett 4i4 USB: Audio (hw:2,0)", 4, 4, 96000.0),
+    dev(3, "HDMI 0", 0, 8),
+    dev(4, "pulse", 32, 32, 44100.0, api="ALSA"),
+    dev(5, "system", 2, 2, 48000.0, api="JACK Audio Connection Kit"),
+]
+
+
+# ------------------------------------------------------------------------------------ device selection
+def test_parse_device_index_or_substring():
+    assert parse_device("3") == 3 and parse_device("usb mic") == "usb mic"
+
+
+def test_resolve_by_index_and_default():
+    assert resolve_device(2, "input", DEVICES, 0).index == 2
+    assert resolve_device(None, "output", DEVICES, 3).index == 3
+
+
+def test_resolve_by_case_insensitive_substring_and_host_api():
+    assert resolve_device("usb microphone", "input", DEVICES, 0).index == 1
+    assert resolve_device("scarlett", "output", DEVICES, 0).index == 2
+    assert resolve_device("jack audio", "input", DEVICES, 0).index == 5  # matches "name, host API"
+
+
+def test_resolve_skips_devices_without_that_direction():
+    # "usb" matches the microphone and the Scarlett, but only the Scarlett has outputs.
+    assert resolve_device("usb", "output", DEVICES, 0).index == 2
+
+
+@pytest.mark.parametrize("spec, kind, message", [
+    ("nope", "input", "input device 'nope' not found (run 'dereverb devices' to list them)"),
+    (17, "output", "output device 17 not found: indices are 0..5"),
+    (3, "input", "device 3 (HDMI 0, ALSA) has no input channels"),
+    ("usb", "input", "input device 'usb' is ambiguous, it matches 1 (USB Microphone"),
+])
+def test_resolve_errors_are_one_clear_line(spec, kind, message):
+    with pytest.raises(AudioDeviceError) as e:
+        resolve_device(spec, kind, DEVICES, 0)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_resolve_exact_name_breaks_a_tie():
+    devices = [dev(0, "pulse", 2, 2), dev(1, "pulse monitor", 2, 0)]
+    assert resolve_device("pulse", "input", devices, None).index == 0
+
+
+def test_no_devices_and_no_default():
+    with pytest.raises(AudioDeviceError, match="no audio devices found"):
+        resolve_device(None, "input", [], None)
+    with pytest.raises(AudioDeviceError, match="no default output device; choose one with -o"):
+        resolve_device(None, "output", DEVICES, None)
+
+
+def test_format_devices_lists_everything_and_marks_defaults():
+    text = format_devices(DEVICES, 1, 3)
+    assert "> " in text.splitlines()[2] and "< " in text.splitlines()[4]
+    assert "JACK Audio Connection Kit" in text and "96000" in text and "Scarlett" in text
+
+
+# --------------------------------------------------------------------------------------- channel layout
+@pytest.mark.parametrize("in_i, out_i, channels, expected", [
+    (1, 0, None, (1, 1, 2)),  # mono microphone -> one processed channel, copied to both speakers
+    (0, 0, None, (2, 2, 2)),  # stereo -> stereo
+    (2, 0, None, (2, 2, 2)),  # 4-in interface -> the first two inputs
+    (0, 1, None, None),  # the USB microphone has no outputs (resolve_device refuses it before this)
+    (5, 3, 1, (1, 1, 2)),
+    (2, 2, 4, (4, 4, 4)),
+])
+def test_layouts(in_i, out_i, channels, expected):
+    if expected is None:
+        return
+    lay = choose_layout(DEVICES[in_i], DEVICES[out_i], channels)
+    assert (lay.channels, lay.input_channels, lay.output_channels) == expected
+
+
+def test_more_inputs_than_outputs_processes_the_first():
+    mono_out = dev(9, "mono speaker", 0, 1)
+    lay = choose_layout(DEVICES[0], mono_out, None)
+    assert (lay.channels, lay.input_channels, lay.output_channels) == (1, 1, 1)
+
+
+def test_unsupported_channel_counts():
+    with pytest.raises(AudioDeviceError, match=r"input device 0 .* has 2 input channel\(s\), --channels asks 3"):
+        choose_layout(DEVICES[0], DEVICES[0], 3)
+    with pytest.raises(AudioDeviceError, match=r"output device 9 .* has 1 output channel\(s\), --channels asks 2"):
+        choose_layout(DEVICES[0], dev(9, "mono speaker", 0, 1), 2)
+
+
+class FakePortAudioError(Exception):
+    pass
+
+
+def fake_sd(devices: list[DeviceInfo], rates: dict[int, set[int]], default=(0, 0)) -> SimpleNamespace:
+    """Just enough of sounddevice for prepare(): devices, defaults, settings checks."""
+    apis = sorted({d.hostapi for d in devices})
+
+    def check(device, channels, samplerate, dtype):
+        if samplerate not in rates.get(device, {int(devices[device].default_samplerate)}):
+            raise FakePortAudioError("Invalid sample rate [PaErrorCode -9997]")
+
+    def query_devices(device=None, kind=None):
+        if kind is not None:
+            raise FakePortAudioError("no default")
+        return [{"name": d.name, "hostapi": apis.index(d.hostapi), "max_input_channels": d.max_input_channels,
+                 "max_output_channels": d.max_output_channels, "default_samplerate": d.default_samplerate}
+                for d in devices]
+
+    return SimpleNamespace(query_hostapis=lambda: [{"name": a} for a in apis], query_devices=query_devices,
+                           default=SimpleNamespace(device=list(default)), check_input_settings=check,
+                           check_output_settings=check)
+
+
+def test_devices_open_at_their_own_rate_or_the_requested_one():
+    sd = fake_sd(DEVICES, {0: {44100, 48000}, 2: {96000, 48000}})
+    assert prepare(sd, LiveConfig()).samplerate == 44100  # the input device's own rate, not 16/48 kHz
+    assert prepare(sd, LiveConfig(samplerate=48000)).samplerate == 48000
+    # Input at 96 kHz, output only 44.1/48: the output's own rate is tried next and the Scarlett takes it.
+    lay = choose_layout(DEVICES[2], DEVICES[0], None)
+    assert choose_samplerate(sd, DEVICES[2], DEVICES[0], lay, None) in (44100, 48000)
+
+
+def test_unsupported_rate_is_one_line():
+    sd = fake_sd(DEVICES, {0: {44100}})
+    with pytest.raises(AudioDeviceError) as e:
+        prepare(sd, LiveConfig(samplerate=22050))
+    assert str(e.value) == "input device 0 (HDA Intel PCH: ALC295 Analog (hw:0,0), ALSA) does not support 22050 Hz " \
+                           "(try --samplerate)"
+
+
+def test_prepare_without_devices():
+    with pytest.raises(AudioDeviceError, match="no audio devices found"):
+        prepare(fake_sd([], {}, default=(-1, -1)), LiveConfig())
+
+
+# ----------------------------------------------------------------------------------- PortAudio missing
+class _NoPortAudio(importlib.abc.MetaPathFinder):
+    """Makes ``import sounddevice`` fail the way it does without libportaudio."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "sounddevice":
+            raise OSError("PortAudio library not found")
+        return None
+
+
+@pytest.fixture
+def no_portaudio(monkeypatch):
+    monkeypatch.delitem(sys.modules, "sounddevice", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_NoPortAudio(), *sys.meta_path])
+
+
+def test_portaudio_missing_names_the_package(no_portaudio):
+    with pytest.raises(AudioDeviceError, match="PortAudio is missing: install the libportaudio2 package"):
+        import_sounddevice(None)
+
+
+@pytest.mark.parametrize("argv", [["devices"], ["live", "--duration", "1"], ["live", "--list-devices"]])
+def test_cli_without_portaudio_one_line_no_traceback(no_portaudio, capsys, argv):
+    assert cli.main(argv) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "libportaudio2" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["devices"], ["live"], ["live", "-i", "0"]])
+def test_cli_without_devices_one_line(monkeypatch, capsys, argv):
+    import stream.devices
+
+    monkeypatch.setattr(stream.devices, "import_sounddevice", lambda *a: fake_sd([], {}, default=(-1, -1)))
+    assert cli.main(argv) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err == "dereverb: error: no audio devices found (no sound card, or the audio server is not running)\n"
+
+
+def test_file_mode_never_imports_sounddevice(tmp_path):
+    code = ("import sys, stream.cli as c; rc = c.main(['info']); "
+            "sys.exit(3 if 'sounddevice' in sys.modules else rc)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+# ------------------------------------------------------------------------------------- FIFO and resync
+def test_fifo_wraps_and_refuses_what_does_not_fit():
+    f = Fifo(8, 1)
+    assert f.write(np.arange(6, dtype=np.float32)[:, None])
+    out = np.zeros((4, 1), np.float32)
+    assert f.read_into(out) == 4 and out[:, 0].tolist() == [0, 1, 2, 3]
+    assert f.write(np.arange(6, 12, dtype=np.float32)[:, None])  # wraps around the end
+    assert not f.write(np.zeros((1, 1), np.float32)) and f.level == 8  # full: refused whole, nothing stored
+    out = np.zeros((10, 1), np.float32)
+    assert f.read_into(out) == 8 and out[:8, 0].tolist() == list(range(4, 12))
+    assert f.drop(5) == 0 and f.level == 0
+
+
+class FakeEngine:
+    """Identity 'engine' with the Dereverberator surface the processors use."""
+
+    latency_samples = 0
+
+    def __init__(self, gain: float = 1.0):
+        self.mix = 1.0
+        self.gain = gain
+        self.mix_calls: list[float] = []
+
+    def set_mix(self, mix: float, ramp_seconds: float = 0.02) -> None:
+        self.mix_calls.append(mix)
+        self.mix = mix
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        return x * np.float32(self.gain)
+
+
+def ramp_blocks(block: int, count: int, start: int = 0):
+    for i in range(count):
+        yield np.arange(start + i * block, start + (i + 1) * block, dtype=np.float32)[:, None]
+
+
+def worker(target: int, block: int = 256) -> WorkerProcessor:
+    from stream.devices import Layout
+
+    return WorkerProcessor(Layout(1, 1, 1), 48000, FakeEngine(), target)
+
+
+def call(proc, x: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(x)
+    proc(x, out, x.shape[0], None, None)
+    return out
+
+
+def test_worker_path_delays_by_exactly_its_target():
+    proc = worker(target=512)
+    outs = []
+    for x in ramp_blocks(256, 20, start=1):
+        outs.append(call(proc, x))
+        proc.work_once()
+    y = np.concatenate(outs)[:, 0]
+    assert np.all(y[:512] == 0) and np.array_equal(y[512:], np.arange(1, 1 + y.size - 512, dtype=np.float32))
+    assert proc.counters.fifo_underruns == 0 and proc.buffering_frames == 512
+
+
+def test_worker_latency_shrinks_back_after_an_overload():
+    """A stalled worker causes underruns; once it catches up, the late frames are dropped so the output is
+    again the input delayed by exactly the target, instead of by target + the stall."""
+    block, target = 256, 512
+    proc = worker(target)
+    blocks = list(ramp_blocks(block, 40, start=1))
+    outs = []
+    for i, x in enumerate(blocks):
+        outs.append(call(proc, x))
+        if not 10 <= i < 16:  # the worker stalls for 6 blocks
+            while proc.work_once():
+                pass
+    assert proc.counters.fifo_underruns >= 4
+    assert proc.counters.resync_frames > 0
+    y = np.concatenate(outs)[:, 0]
+    tail = y[-10 * block :]
+    src = np.arange(1, 1 + y.size, dtype=np.float32)[-10 * block - target : -target]
+    assert np.array_equal(tail, src)  # back to exactly `target` frames of delay
+    assert proc.resync.excess == 0
+
+
+def test_worker_buffering_is_bounded_when_the_worker_never_runs():
+    proc = worker(target=512)
+    cap = proc.in_fifo.capacity
+    for x in ramp_blocks(256, 3 * cap // 256):
+        call(proc, x)
+    assert proc.in_fifo.level <= cap and proc.out_fifo.level <= proc.out_fifo.capacity
+    assert proc.counters.input_drops > 0 and proc.counters.fifo_underruns > 0
+    # The worker comes back: after it catches up the delay returns to the target.
+    outs = []
+    for x in ramp_blocks(256, 40, start=10**6):
+        outs.append(call(proc, x))
+        while proc.work_once():
+            pass
+    y = np.concatenate(outs)[:, 0]
+    assert np.array_equal(y[-2560:], np.arange(10**6, 10**6 + y.size, dtype=np.float32)[-2560 - 512 : -512])
+
+
+def test_worker_buffer_grows_to_a_longer_host_block():
+    """A 1024-frame host block with a 300-frame buffer: the target rises to the block once, and the output
+    is then the input delayed by exactly that, with no underrun after the start."""
+    proc = worker(target=300)
+    outs = []
+    for x in ramp_blocks(1024, 12, start=1):
+        outs.append(call(proc, x))
+        while proc.work_once():
+            pass
+    y = np.concatenate(outs)[:, 0]
+    assert proc.buffering_frames == 1024 and proc.resync.excess == 0
+    assert np.array_equal(y[-8 * 1024 :], np.arange(1, 1 + y.size, dtype=np.float32)[-9 * 1024 : -1024])
+    assert proc.counters.fifo_underruns <= 1  # at most the very first block, before the worker primed
+
+
+def test_mix_changes_reach_the_engine_on_the_audio_thread():
+    from stream.devices import Layout
+
+    eng = FakeEngine()
+    proc = InlineProcessor(Layout(1, 1, 2), 48000, eng)
+    x = np.ones((256, 1), np.float32)
+    out = np.zeros((256, 2), np.float32)
+    proc.requested_mix = 0.0  # what the main thread does on 'b'
+    assert eng.mix_calls == []  # nothing touched the engine yet
+    proc(x, out, 256, None, None)
+    assert eng.mix_calls == [0.0]
+    proc(x, out, 256, None, None)
+    assert eng.mix_calls == [0.0]  # applied once
+
+
+@pytest.mark.parametrize("layout, n_in", [((1, 1, 2), 1), ((2, 2, 2), 2), ((1, 1, 1), 1)])
+def test_inline_routing(layout, n_in):
+    from stream.devices import Layout
+
+    lay = Layout(*layout)
+    proc = InlineProcessor(lay, 48000, FakeEngine(gain=2.0))
+    x = np.random.default_rng(0).standard_normal((300, n_in)).astype(np.float32)
+    out = np.zeros((300, lay.output_channels), np.float32)
+    proc(x, out, 300, None, None)
+    for j in range(lay.output_channels):
+        np.testing.assert_array_equal(out[:, j], 2 * x[:, min(j, lay.channels - 1)])
+
+
+def test_inline_passthrough_and_big_host_blocks():
+    from stream.devices import Layout
+
+    lay = Layout(1, 1, 2)
+    for engine in (None, FakeEngine()):
+        proc = InlineProcessor(lay, 48000, engine)
+        x = np.random.default_rng(1).standard_normal((20000, 1)).astype(np.float32)  # > MAX_BLOCK
+        out = np.zeros((20000, 2), np.float32)
+        proc(x, out, 20000, None, SimpleNamespace(input_overflow=True, output_underflow=True,
+                                                  __bool__=lambda self: True))
+        np.testing.assert_array_equal(out, np.repeat(x, 2, axis=1))
+
+
+def test_xrun_flags_are_counted_once_per_callback():
+    from stream.devices import Layout
+
+    class Flags:
+        input_overflow, output_underflow = True, True
+
+        def __bool__(self):
+            return True
+
+    proc = InlineProcessor(Layout(1, 1, 1), 48000, None)
+    x = np.zeros((64, 1), np.float32)
+    proc(x, x.copy(), 64, None, Flags())
+    c = proc.counters
+    assert (c.host_xruns, c.input_overflows, c.output_underflows) == (1, 1, 1)
+
+
+# ------------------------------------------------------------------------------------- stats, controls
+def test_timing_ring_percentiles_and_wrap():
+    r = TimingRing(slots=100)
+    for i in range(250):
+        r.record(0.001 * (i % 100), 256)
+    p = r.percentiles_ms()
+    assert r.count == 250 and p["max"] == pytest.approx(99.0) and 45 <= p["p50"] <= 55 and p["p99"] >= 97
+    secs, frames = r.window(240)
+    assert secs.size == 10 and frames.tolist() == [256] * 10
+
+
+def test_summary_json_is_complete(tmp_path):
+    from stream.devices import Layout
+
+    proc = InlineProcessor(Layout(1, 1, 2), 48000, FakeEngine())
+    x = np.zeros((256, 1), np.float32)
+    for _ in range(10):
+        proc(x, np.zeros((256, 2), np.float32), 256, None, None)
+    setup = _Setup(DEVICES[0], DEVICES[0], Layout(1, 1, 2), 48000)
+    s = make_summary(proc, 1.5, 48000, 0, 0.0107, 1615, setup, LiveConfig())
+    assert REQUIRED_KEYS <= s.keys()
+    assert set(s["block_ms"]) == {"p50", "p99", "max"}
+    assert set(s["latency_ms"]) == {"total", "device", "algorithmic", "buffering"}
+    lat = s["latency_ms"]
+    assert lat["total"] == pytest.approx(lat["device"] + lat["algorithmic"] + lat["buffering"], abs=1e-2)
+    assert lat["algorithmic"] == pytest.approx(1000 * 1615 / 48000, abs=1e-3) and s["blocksize"] == 256
+    path = tmp_path / "sub" / "stats.json"
+    write_stats(path, s)
+    assert json.loads(path.read_text()) == s
+    text = format_summary(s)
+    for word in ("duration", "xruns", "input overflows", "p50", "p99", "max", "device", "algorithmic", "buffering"):
+        assert word in text
+
+
+def test_controls_keys():
+    c = Controls(mix=1.0)
+    assert c.key("b") and c.effective_mix == 0.0
+    assert c.key("b") and c.effective_mix == 1.0
+    assert c.key("-") and c.key("-") and c.effective_mix == pytest.approx(0.8)
+    c.key("b")
+    assert c.key("+") and not c.bypass and c.effective_mix == pytest.approx(0.9)  # +/- leave bypass
+    for _ in range(5):
+        c.key("+")
+    assert c.effective_mix == 1.0 and not c.key("x")
+
+
+# ------------------------------------------------------------------------------------ through real JACK
+RATE, PERIOD = 48000, 256
+
+
+def live_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "stream.cli", "live", *args]
+
+
+def env_for(jack) -> dict[str, str]:
+    return {**jack.env, "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture(scope="module")
+def jack():
+    from stream.live_measure import JackServer, JackUnavailable
+
+    # A server named after this process, so the tests never talk to a JACK server a developer (or a
+    # concurrent test run) already runs.
+    server = JackServer(RATE, PERIOD, name=f"dereverb-test-{os.getpid()}")
+    try:
+        server.start()
+    except JackUnavailable as exc:
+        pytest.skip(f"no JACK server could be started: {exc}")
+    yield server
+    server.stop()
+    # The probe fixture terminated PortAudio while the server ran (pa_jack asserts otherwise); bring it back
+    # for any later in-process user, now without JACK.
+    sd = sys.modules.get("sounddevice")
+    if sd is not None and not sd._initialized:
+        with _quiet_stderr():
+            sd._initialize()
+
+
+@pytest.fixture(scope="module")
+def probe_sd(jack):
+    from stream.live_measure import JackUnavailable, portaudio_for_jack
+
+    try:
+        with portaudio_for_jack(jack) as sd:
+            yield sd
+    except JackUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+def mismatch_clusters(bad: np.ndarray, gap: int) -> int:
+    """Groups of bad windows, where bad windows closer than ``gap`` windows belong to one group."""
+    idx = np.flatnonzero(bad)
+    return 0 if idx.size == 0 else 1 + int(np.sum(np.diff(idx) > gap))
+
+
+def check_summary(s: dict) -> None:
+    assert REQUIRED_KEYS <= s.keys(), s
+    assert set(s["block_ms"]) == {"p50", "p99", "max"} and set(s["latency_ms"]) == {"total", "device",
+                                                                                  "algorithmic", "buffering"}
+    assert s["samplerate"] == RATE and s["blocksize"] == PERIOD and s["duration_s"] > 0
+    assert s["xruns"] >= 0 and 0 <= s["block_ms"]["p50"] <= s["block_ms"]["p99"] <= s["block_ms"]["max"]
+
+
+def test_live_through_jack_matches_file_mode(jack, probe_sd, tmp_path):
+    """Probe -> dereverb live -> probe: the processed signal arrives, its lag is the reported latency, it
+    equals file mode apart from stretches marked by xruns, and xruns stay near a pass-through run's.
+
+    What depends on the machine's scheduling (xrun counts, and so the stretches that differ from file
+    mode) gets one more attempt with fresh runs if a load burst spoils the first; everything else is
+    asserted on every attempt.
+    """
+    from stream.engine import dereverb_array
+    from stream.live_measure import Probe, probe_signal
+
+    x = probe_signal(RATE, 5.0)
+    expected = dereverb_array(x, RATE)  # file mode on the same input, time-aligned
+    with Probe(probe_sd, RATE, x, tail=RATE // 4) as probe:
+        for attempt in (1, 2):
+            problems = _live_runs_through_jack(jack, probe, x, expected, tmp_path / f"a{attempt}")
+            if not problems:
+                break
+        assert not problems, problems
+
+
+def _live_runs_through_jack(jack, probe, x: np.ndarray, expected: np.ndarray, tmp: Path) -> list:
+    """One pass-through, one inline and one worker (the default) run; asserts what is deterministic and
+    returns the scheduling-dependent problems found."""
+    from stream.live_measure import find_lag, run_live_through_jack, window_errors
+
+    tmp.mkdir()
+    runs = {
+        # Pass-through ends by --duration (covers routing + 1 s settle + 5.25 s recording); the others by
+        # Ctrl-C (SIGINT) as soon as the probe is done, with --duration only as a safety net.
+        "pass": run_live_through_jack(jack, probe, ["--passthrough", "--duration", "10"], tmp / "p.json"),
+        "inline": run_live_through_jack(jack, probe, ["--duration", "90", "--buffer-ms", "0"], tmp / "i.json",
+                                        interrupt=True),
+        "worker": run_live_through_jack(jack, probe, ["--duration", "90"], tmp / "w.json", interrupt=True),  # default
+    }
+    problems = []
+    lags = {}
+    for name, run in runs.items():
+        assert run.returncode == 0, (name, run.stderr)
+        assert "Traceback" not in run.stderr and "latency" in run.stdout
+        check_summary(run.summary)
+        ref = x if name == "pass" else expected
+        lag, corr = find_lag(run.recording, ref, RATE // 4)
+        lags[name] = lag
+        s = run.summary
+        reported = round(s["latency_ms"]["total"] * RATE / 1000)
+        # The processed signal arrives, at the reported total latency (within one period).
+        assert corr > 0.5, (name, corr, s["xruns"])
+        assert abs(lag - reported) <= PERIOD, (name, lag, reported, s["latency_ms"])
+        # After alignment it is file mode's output, apart from stretches around xruns (an xrun loses or
+        # repeats a period, and the model's state then takes a moment to converge again).
+        errs = window_errors(run.recording[lag:], ref, PERIOD)
+        bad = np.nan_to_num(errs, nan=0.0) > 0.02
+        events = s["xruns"] + run.probe_xruns
+        clusters = mismatch_clusters(bad, gap=RATE // PERIOD)  # bad windows within 1 s count as one stretch
+        if clusters > events or (events == 0 and bad.any()) or np.nanmedian(errs) >= 0.02:
+            problems.append((name, "differs from file mode beyond the xruns", clusters, events,
+                             float(np.nanmedian(errs))))
+    # The latency dereverb adds over pass-through is exactly its algorithmic + buffering latency.
+    for name in ("inline", "worker"):
+        s = runs[name].summary
+        added = round((s["latency_ms"]["algorithmic"] + s["latency_ms"]["buffering"]) * RATE / 1000)
+        assert abs((lags[name] - lags["pass"]) - added) <= PERIOD, (name, lags, added)
+    assert runs["worker"].summary["latency_ms"]["buffering"] == pytest.approx(20.0)
+    assert runs["worker"].summary["mode"] == "worker" and runs["inline"].summary["mode"] == "inline"
+    # xruns against the pass-through baseline, per second (the VM stalls callbacks now and then).
+    base = runs["pass"].summary
+    base_rate = base["xruns"] / base["duration_s"]
+    for name in ("inline", "worker"):
+        s = runs[name].summary
+        if s["xruns"] / s["duration_s"] > 2 * base_rate + 1.0:
+            problems.append((name, "xruns", s["xruns"], s["duration_s"], "pass-through", base["xruns"],
+                             base["duration_s"]))
+    return problems
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--samplerate", "44100"], "does not support 44100 Hz"),
+    (["--channels", "3"], "has 2 input channel(s), --channels asks 3"),
+    (["-i", "no-such-device"], "input device 'no-such-device' not found"),
+    (["-o", "7"], "output device 7 not found"),
+])
+def test_live_errors_through_jack(jack, args, needle):
+    r = subprocess.run(live_cmd("--duration", "1", *args), capture_output=True, text=True, env=env_for(jack),
+                       stdin=subprocess.DEVNULL, timeout=120)
+    assert r.returncode == 1, r
+    assert r.stderr.startswith("dereverb: error: ") and needle in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_devices_lists_jack(jack):
+    for argv in (["devices"], ["live", "--list-devices"]):
+        r = subprocess.run([sys.executable, "-m", "stream.cli", *argv], capture_output=True, text=True,
+                           env=env_for(jack), timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert "system" in r.stdout and "JACK Audio Connection Kit" in r.stdout and "48000" in r.stdout
+
+
+def test_device_disappearing_ends_cleanly_with_the_summary(tmp_path):
+    """The audio server quits mid-stream: one error line, the summary, the stats, exit 1, no hang."""
+    from stream.live_measure import LIVE_CLIENT, JackServer, JackUnavailable
+
+    server = JackServer(RATE, PERIOD, name=f"dereverb-test-vanish-{os.getpid()}")
+    try:
+        server.start()
+    except JackUnavailable as exc:
+        pytest.skip(f"no JACK server could be started: {exc}")
+    stats = tmp_path / "s.json"
+    try:
+        proc = subprocess.Popen(live_cmd("--passthrough", "--duration", "60", "--stats", str(stats)),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                                env=env_for(server))
+        assert server.wait_ports(LIVE_CLIENT, 60, proc), proc.communicate()
+        time.sleep(0.5)
+    finally:
+        server.stop()
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, (out, err)
+    errors = [line for line in err.splitlines() if line.startswith("dereverb:")]
+    assert errors == ["dereverb: error: the audio device stopped mid-stream (unplugged, or the audio server quit)"]
+    assert "Traceback" not in err and "duration" in out and "xruns" in out
+    check_summary(json.loads(stats.read_text()))
+
+
+def test_keys_on_a_terminal(jack, tmp_path):
+    """On a terminal: a status line, b/+/q keys, the terminal's mode restored at exit."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 24 rows, 100 columns
+    before = termios.tcgetattr(slave)
+    stats = tmp_path / "k.json"
+    proc = subprocess.Popen(live_cmd("--duration", "60", "--stats", str(stats)), stdin=slave, stdout=slave,
+                            stderr=slave, env=env_for(jack), close_fds=True)
+    seen = b""
+
+    def read_until(needle: bytes, timeout: float) -> bool:
+        nonlocal seen
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if select.select([master], [], [], 0.1)[0]:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:
+                    return needle in seen
+            if needle in seen:
+                return True
+        return False
+
+    try:
+        assert read_until(b"keys: b = bypass", 60), seen[-500:]
+        assert read_until(b"mix 1.0", 10), seen[-500:]
+        assert b"latency 59.0 ms" in seen and b" dB  out " in seen and b"load " in seen  # 5.3 + 33.6 + 20
+        os.write(master, b"b")
+        assert read_until(b"bypass", 5), seen[-500:]
+        os.write(master, b"-")
+        assert read_until(b"mix 0.9", 5), seen[-500:]
+        os.write(master, b"q")
+        assert proc.wait(timeout=30) == 0
+        read_until(b"buffering", 2)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=10)
+        after = termios.tcgetattr(slave)
+        os.close(master)
+        os.close(slave)
+    assert b"duration" in seen and b"Traceback" not in seen
+    assert after[3] == before[3]  # local modes (ICANON, ECHO) back as they were
+    check_summary(json.loads(stats.read_text()))
