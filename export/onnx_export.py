@@ -1,4 +1,4 @@
-"""Checkpoint -> ONNX step model + JSON card, with a torch-vs-ONNX parity check.
+"""Checkpoint -> ONNX step model + JSON card (+ weights-only .pt), with a torch-vs-ONNX parity check.
 
     python -m export CHECKPOINT --out models/NAME.onnx [--name NAME] [--metrics EVAL.json]
 
@@ -72,6 +72,38 @@ def export_onnx(model: MaskLSTM, path: Path) -> None:
         )
 
 
+def describe_data(summary: dict) -> dict:
+    """Corpus and room-bank facts for the card, read from the manifests the run trained on (if present)."""
+    data = summary.get("config", {}).get("data", {})
+    corpus, rooms = Path(data.get("corpus", "")), Path(data.get("rooms", ""))
+    out: dict = {}
+    manifest = corpus / "manifest.jsonl"
+    if manifest.is_file():
+        clips = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        hours: dict = {}
+        voices: dict = {}
+        for c in clips:
+            key = f"{c['split']}_{c['kind']}"
+            hours[key] = round(hours.get(key, 0.0) + c["seconds"] / 3600, 3)
+            if c["kind"] == "speech":
+                voices.setdefault(c["split"], set()).add(f"{c['source']}:{c['voice'].split('+')[0]}")
+        out["corpus_hours"] = hours
+        out["voices"] = {k: sorted(v) for k, v in voices.items()}
+        versions = corpus / "versions.json"
+        if versions.is_file():
+            out["corpus_build"] = json.loads(versions.read_text())  # seed, config, Debian versions
+    bank = rooms / "rooms.jsonl"
+    if bank.is_file():
+        recs = [json.loads(line) for line in bank.read_text().splitlines() if line.strip()]
+        rt = [r["rt60"] for r in recs]
+        out["rooms"] = {
+            "count": {sp: sum(r["split"] == sp for r in recs) for sp in ("train", "val", "test")},
+            "rt60_s": [round(min(rt), 2), round(max(rt), 2)],
+            "simulator": "pyroomacoustics (image source + hybrid ray tracing), per-band absorption",
+        }
+    return out
+
+
 def build_card(model: MaskLSTM, ckpt: dict, name: str, metrics: dict | None) -> dict:
     import onnx
     import onnxruntime
@@ -94,7 +126,7 @@ def build_card(model: MaskLSTM, ckpt: dict, name: str, metrics: dict | None) -> 
         "model_config": cfg.to_dict(),
         "parameters": count_parameters(model),
         "macs_per_second": macs_per_hop(cfg) * cfg.sample_rate // cfg.hop,
-        "training": ckpt.get("summary", {}),
+        "training": {**ckpt.get("summary", {}), "data": describe_data(ckpt.get("summary", {}))},
         "metrics": metrics or {},
         "software": {
             "torch": torch.__version__,
@@ -186,6 +218,10 @@ def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, metr
     finally:
         tmp.unlink(missing_ok=True)
     out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    # The weights alone (no optimizer state) beside the ONNX: the torch side of the shipped pair,
+    # for parity tests and fine-tuning; loadable with torch.load(weights_only=True).
+    weights = {k: ckpt[k] for k in ("model_config", "model", "summary") if k in ckpt}
+    torch.save(weights, out.with_suffix(".pt"))
     return card
 
 

@@ -357,9 +357,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(Exception):
+    """SIGTERM, raised in the main thread so cleanup (temporary files, streams) runs as for Ctrl-C."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.run(args)
     except CliError as exc:
@@ -368,6 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dereverb: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("dereverb: terminated", file=sys.stderr)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

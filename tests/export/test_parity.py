@@ -52,3 +52,13 @@ def test_shipped_model_parity_against_its_checkpoint_free_reexport(default_model
         y, st = default_model.run(np.ascontiguousarray(x[:, i : i + 256 * 3]), st)
         parts.append(y)
     assert np.abs(np.concatenate(parts, axis=1) - whole).max() <= 1e-5
+
+
+def test_shipped_checkpoint_matches_shipped_onnx(default_model):
+    # The shipped .pt (weights only) and .onnx are one model: torch and onnxruntime agree on random input.
+    from export.onnx_export import load_checkpoint
+
+    ckpt = default_model.path.with_suffix(".pt")
+    assert ckpt.is_file(), "the shipped checkpoint must sit beside the shipped ONNX model"
+    model, _ = load_checkpoint(ckpt)
+    assert parity(model, default_model.path, seconds=3.0, channels=2, seed=11) <= 1e-4

@@ -176,3 +176,24 @@ def test_bad_model_is_one_line(tmp_path, wav):
     bad.write_text("not onnx")
     r = run("file", str(wav), "-o", str(tmp_path / "o.wav"), "--model", str(bad))
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "m.onnx" in r.stderr
+
+
+@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_interrupt_leaves_no_partial_output(tmp_path, sig, code):
+    import signal
+    import time
+
+    src = tmp_path / "long.wav"
+    sf.write(str(src), speechlike(120.0, 48000, 2, seed=9), 48000, subtype="PCM_16")
+    out_dir = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "file", str(src), "--out-dir", str(out_dir),
+                             "--block-size", "256", "--quiet"], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    deadline = time.monotonic() + 60
+    while not list(out_dir.glob(".*partial*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(out_dir.glob(".*partial*")), "processing never started"
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert not [p for p in out_dir.iterdir()], "a partial output was left behind"
