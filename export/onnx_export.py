@@ -233,7 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="model name for the card (default: the file stem)")
     parser.add_argument("--metrics", type=Path, help="evaluation JSON to embed in the card")
     args = parser.parse_args(argv)
-    metrics = json.loads(args.metrics.read_text()) if args.metrics else None
+    metrics = None
+    if args.metrics:
+        full = json.loads(args.metrics.read_text())
+        # The card carries the evaluation's tables, not its per-example rows.
+        metrics = {k: full[k] for k in ("config", "test_set", "summary") if k in full} or full
+        metrics["source"] = str(args.metrics)
     card = export_checkpoint(args.checkpoint, args.out, args.name, metrics)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB), parity {card['export_parity_max_abs']:.2e}")
     return 0

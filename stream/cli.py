@@ -48,25 +48,30 @@ def load_model(args: argparse.Namespace):
         raise CliError(str(exc)) from None
 
 
-def mix_value(text: str) -> float:
-    """argparse type for --mix: a float within 0..1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be within 0..1, got {value}")
-    return value
+def number(cast: type, low: float | None = None, high: float | None = None, low_open: bool = False,
+           unit: str = ""):
+    """An argparse type: ``cast(text)`` within [low, high] (``low_open``: strictly above low)."""
+    kind = "an integer" if cast is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {kind}: {text!r}") from None
+        if low is not None and (value <= low if low_open else value < low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low}{unit}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be within {low}..{high}, got {value}")
+        return value
+
+    return parse
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+mix_value = number(float, 0.0, 1.0)
+positive_int = number(int, 1)
+nonnegative_int = number(int, 0)
+positive_float = number(float, 0.0, low_open=True)
+positive_seconds = number(float, 0.0, low_open=True, unit=" seconds")
 
 
 # ---------------------------------------------------------------------------------------------- file
@@ -164,17 +169,6 @@ def block_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def bench_seconds(text: str) -> float:
-    """argparse type for bench --seconds: a duration > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {value}")
-    return value
-
-
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="measure latency, speed, load time and memory",
                        description="Measure the algorithmic latency, the processing time per block "
@@ -186,7 +180,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--samplerate", type=positive_int, default=None, metavar="SR",
                    help="stream sample rate in Hz (default: the model's; others are resampled inside)")
     p.add_argument("--channels", type=positive_int, default=1, metavar="C", help="channels (default: 1)")
-    p.add_argument("--seconds", type=bench_seconds, default=10.0, metavar="S",
+    p.add_argument("--seconds", type=positive_seconds, default=10.0, metavar="S",
                    help="seconds of audio streamed per block size (default: 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     add_model_options(p)
@@ -226,26 +220,6 @@ def latency_value(text: str) -> str | float:
     return value
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
-def nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def _add_live(sub) -> None:
     from stream.devices import parse_device
 
@@ -272,7 +246,7 @@ def _add_live(sub) -> None:
     p.add_argument("--duration", type=positive_float, default=None, metavar="S",
                    help="stop after S seconds (default: run until q or Ctrl-C)")
     p.add_argument("--stats", type=Path, default=None, metavar="PATH", help="write the summary as JSON")
-    p.add_argument("--buffer-ms", type=float, default=20.0, metavar="MS",  # checked >= 0 in _run_live
+    p.add_argument("--buffer-ms", type=number(float, 0.0, unit=" ms"), default=20.0, metavar="MS",
                    help="run the model on a worker thread behind MS ms of buffering (default 20: rides out "
                         "CPU spikes, see docs/live.md); 0 = inside the audio callback, 20 ms less latency "
                         "but more xruns on a busy machine")
@@ -317,8 +291,6 @@ def _run_live(args: argparse.Namespace) -> int:
 
     if args.list_devices:
         return _run_devices(args)
-    if args.buffer_ms < 0:
-        raise CliError(f"--buffer-ms must be >= 0, got {args.buffer_ms}", EXIT_USAGE)
     sd = _sounddevice()
     config = LiveConfig(input_device=args.input_device, output_device=args.output_device,
                         samplerate=args.samplerate, blocksize=args.blocksize, channels=args.channels,
