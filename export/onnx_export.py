@@ -214,6 +214,7 @@ def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, metr
             raise RuntimeError(f"torch vs ONNX parity {err:.2e} exceeds 1e-4")
         card["export_parity_max_abs"] = err
         attach_card(tmp, card)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a shipped model is world-readable
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -117,6 +117,8 @@ def process_file(
         tmp = Path(tmp_name)
         try:
             frames = _stream(f, engine, tmp, fmt, subtype, block, progress)
+            # mkstemp makes the file private (0600); give the output the permissions of a normal new file.
+            os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, dst)
         except sf.LibsndfileError as exc:
             raise FileError(f"{src}: read or write failed ({_reason(exc)})") from None
@@ -151,6 +153,12 @@ def _stream(f: sf.SoundFile, engine: Dereverberator, tmp: Path, fmt: str, subtyp
         tail = engine.flush()
         out.write(tail[skip : skip + frames - written])
     return frames
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _reason(exc: BaseException) -> str:

