@@ -31,6 +31,11 @@ class OptimConfig:
     # Wall-clock budget: training stops cleanly after the epoch that crosses it.
     max_minutes: float = 120.0
     threads: int = 2
+    # Start each batch from the LSTM state of the previous one (see training.train); off reproduces
+    # the shipped model's zero-state training.
+    carry_state: bool = False
+    # Initialise from this checkpoint's weights (fine-tuning); empty: random initialisation.
+    init_from: str = ""
 
 
 @dataclass(frozen=True)

@@ -51,17 +51,23 @@ def si_sdr_db(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8) -> torch.
     return snr_db(est, scale * ref, eps)
 
 
-def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig,
+                 lstm_state: tuple[torch.Tensor, torch.Tensor] | None = None):
     """Negative thresholded SNR of the output against the target (plus optional spectral term).
 
     The step function delays audio by ``step_latency`` samples, so the output is compared with the
     target shifted by the same amount; the first samples (filter warm-up) are excluded.
-    Returns (loss, per-example SI-SDR of output vs target for logging).
+    ``lstm_state`` (h, c) starts the LSTM from a given state instead of zeros (carried-state
+    training); the signal state (analysis, ola) always starts at zero, since the example is new audio.
+    Returns (loss, per-example SI-SDR of output vs target, final (h, c)).
     """
     mix = batch["mixture"]
     target = batch[cfg.loss.target]
     lat = model.cfg.step_latency
-    out = model.enhance(mix)[:, lat:]
+    st = model.initial_state(mix.shape[0])
+    h0, c0 = lstm_state if lstm_state is not None else (st["lstm_h"], st["lstm_c"])
+    out, _, _, h1, c1 = model(mix, st["analysis"], st["ola"], h0, c0)
+    out = out[:, lat:]
     ref = target[:, : target.shape[1] - lat]
     loss = -snr_db(out, ref, max_db=cfg.loss.snr_max_db).mean()
     if cfg.loss.spectral_weight > 0:
@@ -69,7 +75,7 @@ def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig) -> tuple[torch.
         so = torch.stft(out, 512, 128, window=win, return_complex=True).abs().clamp_min(1e-8) ** 0.3
         sr = torch.stft(ref, 512, 128, window=win, return_complex=True).abs().clamp_min(1e-8) ** 0.3
         loss = loss + cfg.loss.spectral_weight * ((so - sr) ** 2).mean()
-    return loss, si_sdr_db(out.detach(), ref)
+    return loss, si_sdr_db(out.detach(), ref), (h1.detach(), c1.detach())
 
 
 def save_atomic(obj: dict, path: Path) -> None:
@@ -108,7 +114,7 @@ def validate(model: MaskLSTM, loader, cfg: TrainConfig) -> dict:
     gains, losses = [], []
     lat = model.cfg.step_latency
     for batch in loader:
-        loss, sdr_out = compute_loss(model, batch, cfg)
+        loss, sdr_out, _ = compute_loss(model, batch, cfg)
         target = batch[cfg.loss.target]
         sdr_in = si_sdr_db(batch["mixture"][:, : target.shape[1] - lat], target[:, : target.shape[1] - lat])
         gains.append((sdr_out - sdr_in).numpy())
@@ -128,6 +134,8 @@ def train(cfg: TrainConfig) -> Path:
     random.seed(cfg.optim.seed)
     np.random.seed(cfg.optim.seed)
     model = MaskLSTM(cfg.model)
+    if cfg.optim.init_from:
+        model.load_state_dict(torch.load(cfg.optim.init_from, map_location="cpu", weights_only=True)["model"])
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     train_ds, _, train_loader, val_loader = make_loaders(cfg)
     steps_per_epoch = math.ceil(len(train_ds) / cfg.optim.batch_size)
@@ -153,8 +161,14 @@ def train(cfg: TrainConfig) -> Path:
         bar = tqdm(train_loader, desc=f"epoch {epoch}", total=steps_per_epoch, file=sys.stderr,
                    disable=not sys.stderr.isatty() and os.environ.get("CI") is not None)
         running = []
+        carried = None
         for batch in bar:
-            loss, sdr = compute_loss(model, batch, cfg)
+            # Carried-state training: each batch slot starts from the LSTM state the previous (unrelated)
+            # example left behind, so the model must cope with any history, as it does when streaming
+            # for hours, instead of relying on counters that start at zero with every 4 s segment.
+            start = carried if cfg.optim.carry_state and carried is not None and \
+                carried[0].shape[1] == batch["mixture"].shape[0] else None
+            loss, sdr, carried = compute_loss(model, batch, cfg, start)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
