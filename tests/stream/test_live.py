@@ -500,10 +500,10 @@ def test_live_through_jack(jack, probe_sd, tmp_path):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "the shipped model's LSTM cell state integrates during non-speech (|c| grows by 1 per hop, measured "
-    "up to 7500 after 2 min of silence), so its output depends on how much audio preceded the probe: live "
-    "mode runs from stream start, file mode from the probe's first sample. Needs a model trained with "
-    "carried state (training issue); strict, so this fails as soon as the model stops drifting"))
+    "the shipped model has start-up counters in its LSTM state (trained on 4 s segments from zero "
+    "state), so its output depends on the first seconds of history: live mode has run over silence "
+    "before the probe arrives, file mode starts at the probe's first sample (docs/model.md). Needs a "
+    "model trained with carried state; strict, so this fails as soon as such a model ships"))
 def test_live_through_jack_matches_file_mode(jack, probe_sd, tmp_path):
     """After alignment, live output equals file mode's on the same input, apart from xrun stretches."""
     _run_probe_test(jack, probe_sd, tmp_path, match_file_mode=True)
