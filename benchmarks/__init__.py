@@ -6,3 +6,16 @@
 - ``python -m benchmarks.ort_settings``: the ONNX Runtime session-option study behind
   ``stream/model.py``'s choices (``docs/onnxruntime.md``).
 """
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what the platform module knows."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()

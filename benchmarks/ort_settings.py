@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+
+from benchmarks import cpu_model
 from pathlib import Path
 
 import numpy as np
@@ -312,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         row.update(extra.get(name, {}))
         rows.append(row)
     meta = {"rounds": args.rounds, "calls": args.calls, "date": datetime.date.today().isoformat(),
-            "cpu": _cpu_model(), "cores": os.cpu_count(), "onnxruntime": ort.__version__, "model": path.name,
+            "cpu": cpu_model(), "cores": os.cpu_count(), "onnxruntime": ort.__version__, "model": path.name,
             "hop": hop, "hop_ms": 1000 * hop / model.sample_rate, "load_before": load_before,
             "load_after": os.getloadavg()[0]}
     text = render(rows, meta)
@@ -334,16 +336,6 @@ BEGIN = "<!-- measured: begin (python -m benchmarks.ort_settings --write) -->"
 END = "<!-- measured: end -->"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
