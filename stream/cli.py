@@ -160,12 +160,9 @@ def _run_info(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------- bench
 def block_sizes(text: str) -> tuple[int, ...]:
     """argparse type for --block-sizes: comma-separated frame counts, each >= 1."""
-    try:
-        sizes = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"block sizes must be integers >= 1, got {text!r}")
+    sizes = tuple(positive_int(t) for t in text.split(",") if t.strip())
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"no block sizes in {text!r}")
     return sizes
 
 
@@ -211,13 +208,7 @@ def latency_value(text: str) -> str | float:
     """argparse type for --latency: 'low', 'high' or seconds > 0."""
     if text in ("low", "high"):
         return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected low, high or seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {value}")
-    return value
+    return positive_seconds(text)
 
 
 def _add_live(sub) -> None:
