@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.model import STATE_NAMES, MaskLSTM, ModelConfig, count_parameters, macs_per_hop
+from training.model import MaskLSTM, ModelConfig, count_parameters, macs_per_hop
 
 OPSET = 17
 CARD_FORMAT = "dereverb-step-model/1"
@@ -43,6 +43,9 @@ def state_shapes(cfg: ModelConfig) -> dict[str, dict]:
         "ola": {"shape": ["channels", cfg.hop], "holds": "overlap-add tail of the last synthesis frame"},
         "lstm_h": {"shape": [cfg.layers, "channels", cfg.hidden], "holds": "LSTM hidden state"},
         "lstm_c": {"shape": [cfg.layers, "channels", cfg.hidden], "holds": "LSTM cell state"},
+        **({"ema": {"shape": ["channels", len(cfg.ema_seconds), cfg.bins],
+                    "holds": f"per-bin exponential averages of past power, time constants {list(cfg.ema_seconds)} s"}}
+           if cfg.ema_seconds else {}),
     }
 
 
@@ -50,9 +53,10 @@ def export_onnx(model: MaskLSTM, path: Path) -> None:
     """Trace the step with dynamic channels and length, and write ``path`` (no card yet)."""
     cfg = model.cfg
     state = model.initial_state(2)
-    args = (torch.randn(2, 3 * cfg.hop) * 0.1, *(state[k] for k in STATE_NAMES))
+    names = model.state_names
+    args = (torch.randn(2, 3 * cfg.hop) * 0.1, *(state[k] for k in names))
     dynamic = {"audio": {0: "channels", 1: "samples"}, "audio_out": {0: "channels", 1: "samples"}}
-    for name in STATE_NAMES:
+    for name in names:
         axis = 1 if name.startswith("lstm") else 0
         dynamic[name] = {axis: "channels"}
         dynamic[f"{name}_out"] = {axis: "channels"}
@@ -64,8 +68,8 @@ def export_onnx(model: MaskLSTM, path: Path) -> None:
             model,
             args,
             str(path),
-            input_names=["audio", *STATE_NAMES],
-            output_names=["audio_out", *(f"{k}_out" for k in STATE_NAMES)],
+            input_names=["audio", *names],
+            output_names=["audio_out", *(f"{k}_out" for k in names)],
             dynamic_axes=dynamic,
             opset_version=OPSET,
             dynamo=False,
@@ -104,6 +108,13 @@ def describe_data(summary: dict) -> dict:
     return out
 
 
+# Seconds of digital silence that lead to the rest state every stream starts from. Long: the LSTM has
+# cells that count time in silence; after minutes they sit deep in tanh saturation, so more silence
+# (a live stream idles before the talker starts) no longer changes the output (docs/model.md,
+# "Start state").
+REST_STATE_SECONDS = 300.0
+
+
 def build_card(model: MaskLSTM, ckpt: dict, name: str, metrics: dict | None) -> dict:
     import onnx
     import onnxruntime
@@ -119,6 +130,8 @@ def build_card(model: MaskLSTM, ckpt: dict, name: str, metrics: dict | None) -> 
         "hop": cfg.hop,
         "window": cfg.win,
         "latency_samples": cfg.step_latency,
+        # Streams start from the state this much digital silence leads to (stream.model.StepModel.initial_state).
+        "rest_state_seconds": REST_STATE_SECONDS,
         "algorithmic_latency_samples": cfg.step_latency + cfg.hop - 1,
         "algorithmic_latency_ms": round(1000 * (cfg.step_latency + cfg.hop - 1) / cfg.sample_rate, 3),
         "inputs": {"audio": {"shape": ["channels", "samples"], "dtype": "float32", "note": "samples = n * hop"}},
@@ -136,6 +149,23 @@ def build_card(model: MaskLSTM, ckpt: dict, name: str, metrics: dict | None) -> 
             "python": platform.python_version(),
         },
     }
+
+
+def rest_state(onnx_path: Path, cfg: ModelConfig, names: tuple[str, ...], seconds: float) -> dict[str, list]:
+    """One channel's state after ``seconds`` of zeros from the zero state, computed by onnxruntime on the
+    exported graph (what the runtime would compute), as nested lists for the card."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    shapes = {i.name: [1 if isinstance(d, str) else d for d in i.shape] for i in session.get_inputs()}
+    state = {k: np.zeros(shapes[k], np.float32) for k in names}
+    outputs = [f"{k}_out" for k in names]
+    hops = int(round(seconds * cfg.sample_rate / cfg.hop))
+    for start in range(0, hops, 64):
+        n = min(64, hops - start)
+        res = session.run(outputs, {"audio": np.zeros((1, n * cfg.hop), np.float32), **state})
+        state = dict(zip(names, res))
+    return {k: v.tolist() for k, v in state.items()}
 
 
 def attach_card(onnx_path: Path, card: dict) -> None:
@@ -171,20 +201,21 @@ def parity(model: MaskLSTM, onnx_path: Path, seconds: float = 2.0, channels: int
     audio = (rng.standard_normal((channels, hops * cfg.hop)) * 0.1).astype(np.float32)
     t_state = model.initial_state(channels)
     o_state = {k: v.numpy() for k, v in t_state.items()}
+    names = model.state_names
     worst, start = 0.0, 0
     for n in _uneven_splits(hops, rng):
         chunk = audio[:, start * cfg.hop : (start + n) * cfg.hop]
         start += n
         with torch.no_grad():
-            t_out = model(torch.from_numpy(chunk), *(t_state[k] for k in STATE_NAMES))
-        o_out = session.run(None, {"audio": chunk, **o_state})
+            t_out = model(torch.from_numpy(chunk), *(t_state[k] for k in names))
+        o_out = session.run(["audio_out", *(f"{k}_out" for k in names)], {"audio": chunk, **o_state})
         worst = max(worst, float(np.abs(o_out[0] - t_out[0].numpy()).max()))
         for a, b in zip(o_out[1:], t_out[1:]):
             rel = float(np.abs(a - b.numpy()).max() / max(1.0, float(np.abs(b.numpy()).max())))
             if rel > 1e-3:
                 raise RuntimeError(f"torch vs ONNX state mismatch: relative error {rel:.2e}")
-        t_state = dict(zip(STATE_NAMES, t_out[1:]))
-        o_state = dict(zip(STATE_NAMES, o_out[1:]))
+        t_state = dict(zip(names, t_out[1:]))
+        o_state = dict(zip(names, o_out[1:]))
     return worst
 
 
@@ -197,7 +228,8 @@ def _uneven_splits(total: int, rng: np.random.Generator) -> list[int]:
     return sizes
 
 
-def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, metrics: dict | None = None) -> dict:
+def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, metrics: dict | None = None,
+                      rest_seconds: float = REST_STATE_SECONDS) -> dict:
     """Export, attach the card, check parity; write atomically. Returns the card."""
     model, ckpt = load_checkpoint(checkpoint)
     name = name or out.stem
@@ -213,6 +245,8 @@ def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, metr
         if err > 1e-4:
             raise RuntimeError(f"torch vs ONNX parity {err:.2e} exceeds 1e-4")
         card["export_parity_max_abs"] = err
+        card["rest_state_seconds"] = float(rest_seconds)
+        card["rest_state"] = rest_state(tmp, model.cfg, model.state_names, rest_seconds)
         attach_card(tmp, card)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a shipped model is world-readable
         os.replace(tmp, out)
@@ -233,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="output .onnx (card written beside it)")
     parser.add_argument("--name", help="model name for the card (default: the file stem)")
     parser.add_argument("--metrics", type=Path, help="evaluation JSON to embed in the card")
+    parser.add_argument("--rest-seconds", type=float, default=REST_STATE_SECONDS,
+                        help="seconds of silence that lead to the start state stored in the card (default %(default)s)")
     args = parser.parse_args(argv)
     metrics = None
     if args.metrics:
@@ -240,6 +276,6 @@ def main(argv: list[str] | None = None) -> int:
         # The card carries the evaluation's tables, not its per-example rows.
         metrics = {k: full[k] for k in ("config", "test_set", "summary") if k in full} or full
         metrics["source"] = str(args.metrics)
-    card = export_checkpoint(args.checkpoint, args.out, args.name, metrics)
+    card = export_checkpoint(args.checkpoint, args.out, args.name, metrics, args.rest_seconds)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB), parity {card['export_parity_max_abs']:.2e}")
     return 0

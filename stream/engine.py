@@ -2,7 +2,7 @@
 
 ``engine_step(plan, block, state) -> (out, state)`` takes any number of frames at the stream's rate
 and returns exactly as many, delayed by ``plan.latency`` samples. Inside, audio may be resampled to
-the model's rate, gathered into whole hops, run through the ONNX step, resampled back and queued.
+the model's rate, loses its DC offset (``stream.dcblock``), is gathered into whole hops, run through the ONNX step, resampled back and queued.
 
 Why the output is identical for every block size: every stage emits all the output its input so far
 allows (the resampler's output count depends only on the total input count, the model runs on whole
@@ -14,13 +14,22 @@ exact and constant.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from stream import dcblock
 from stream.model import SessionOptions, StepModel
 from stream.resample import Resampler
+
+# Input samples beyond +-INPUT_LIMIT (80 dB over full scale) are clipped before the model: finite but
+# absurd values (a float file holding 1e30) would overflow the float32 power spectrum to inf.
+INPUT_LIMIT = 1e4
+# Output never exceeds the input's running peak by more than this (dB); see Dereverberator.process.
+PEAK_MARGIN_DB = 1.0
+# Crossfade from the dry input back into the model output after a state reset, in seconds.
+RESET_RAMP_S = 0.02
 
 # Model calls are capped at this many hops, which bounds memory for huge blocks while keeping the
 # per-call overhead negligible (measured: 64 hops per call runs ~4x faster per sample than 1 hop).
@@ -57,7 +66,9 @@ class EngineState:
     rs_out: object | None
     pending: np.ndarray  # [channels, < hop] model-rate input waiting for a whole hop
     queue: np.ndarray  # [channels, k] stream-rate output not yet returned
+    dc: np.ndarray | None = None  # [channels, 2] DC blocker state (stream.dcblock), at the stream's rate
     nonfinite_inputs: int = 0
+    state_resets: int = 0  # model runs whose output or state was non-finite (state was reset)
 
 
 def make_plan(model: StepModel, sample_rate: int, channels: int) -> Plan:
@@ -106,6 +117,7 @@ def initial_state(plan: Plan) -> EngineState:
         rs_out=plan.rs_out.initial_state(c) if plan.rs_out else None,
         pending=np.zeros((c, 0), np.float32),
         queue=np.zeros((c, plan.prefill), np.float32),
+        dc=dcblock.initial_state(c),
     )
 
 
@@ -136,7 +148,13 @@ def engine_step(plan: Plan, block: np.ndarray, state: EngineState) -> tuple[np.n
         # A single NaN would otherwise spread through the LSTM state and silence the stream for good.
         x = np.where(bad, np.float32(0.0), x)
         nonfinite += int(bad.sum())
+    if x.size and np.abs(x).max() > INPUT_LIMIT:
+        x = np.clip(x, -INPUT_LIMIT, INPUT_LIMIT)
+    resets = state.state_resets
     rs_in, rs_out = state.rs_in, state.rs_out
+    # DC goes before the resampler too: its filter history starts at zero, so an offset would enter it
+    # as a step.
+    x, dc = dcblock.dc_block(x, state.dc, dcblock.pole(plan.sample_rate))
     if plan.rs_in is not None:
         x, rs_in = plan.rs_in.step(x, rs_in)
     buf = np.concatenate([state.pending, x], axis=1) if state.pending.shape[1] else x
@@ -144,9 +162,16 @@ def engine_step(plan: Plan, block: np.ndarray, state: EngineState) -> tuple[np.n
     whole = (buf.shape[1] // hop) * hop
     mstate = state.model
     if whole:
-        y, mstate = _run_model(plan.model, np.ascontiguousarray(buf[:, :whole]), mstate)
-        if not all(np.isfinite(v).all() for v in mstate.values()):
-            mstate = plan.model.initial_state(plan.channels)
+        hops = np.ascontiguousarray(buf[:, :whole])
+        y, mstate = _run_model(plan.model, hops, mstate)
+        if not _finite(y, mstate):
+            # Never expected from a sound model on clipped, finite input, but a non-finite state would
+            # silence the stream for good: redo these hops from the rest state, and if even that fails,
+            # output silence for them. The wrapper crossfades over the event (Dereverberator.process).
+            resets += 1
+            y, mstate = _run_model(plan.model, hops, plan.model.initial_state(plan.channels))
+            if not _finite(y, mstate):
+                y, mstate = np.zeros_like(hops), plan.model.initial_state(plan.channels)
         if plan.rs_out is not None:
             y, rs_out = plan.rs_out.step(y, rs_out)
         queue = np.concatenate([state.queue, y], axis=1)
@@ -154,8 +179,12 @@ def engine_step(plan: Plan, block: np.ndarray, state: EngineState) -> tuple[np.n
         queue = state.queue
     n = block.shape[-1]
     out, rest = queue[:, :n], queue[:, n:]
-    new = EngineState(mstate, rs_in, rs_out, buf[:, whole:].copy(), rest, nonfinite)
+    new = EngineState(mstate, rs_in, rs_out, buf[:, whole:].copy(), rest, dc, nonfinite, resets)
     return out, new
+
+
+def _finite(y: np.ndarray, mstate: dict[str, np.ndarray]) -> bool:
+    return bool(np.isfinite(y).all()) and all(np.isfinite(v).all() for v in mstate.values())
 
 
 @dataclass
@@ -171,7 +200,13 @@ class Dereverberator:
 
     ``process(block)`` takes float32 [frames, channels] (or [frames] for mono) and returns the same
     shape, delayed by ``latency_samples``; ``flush()`` returns the last ``latency_samples`` frames
-    and resets; ``reset()`` clears all state.
+    and resets; ``reset()`` clears all state. The event counters ``nonfinite_inputs`` and
+    ``state_resets`` count since the object was made (a flush or reset does not clear them).
+
+    Output level guard: the output never exceeds the running peak of the input (since the last
+    reset) by more than ``PEAK_MARGIN_DB``. A bounded mask cannot add energy to any STFT bin, but
+    removing reverb changes phases and can raise a waveform peak; this guard makes "never louder
+    than the input" a guarantee, not a tendency.
     """
 
     model: str | Path | StepModel | None = None
@@ -204,14 +239,23 @@ class Dereverberator:
 
     @property
     def nonfinite_inputs(self) -> int:
-        """How many NaN/Inf input samples were replaced by zero since the last reset."""
+        """How many NaN/Inf input samples were replaced by zero since this object was made."""
         return self.state.nonfinite_inputs
 
     def reset(self) -> None:
+        old = getattr(self, "state", None)
         self.state = initial_state(self.plan)
+        if old is not None:
+            self.state = replace(self.state, nonfinite_inputs=old.nonfinite_inputs, state_resets=old.state_resets)
         self._dry = np.zeros((self.channels, self.plan.latency), np.float32)
         self._mix_now = float(self.mix)
         self._ramp = 0  # samples left in a mix crossfade
+        self._peak = np.float32(0.0)  # running input peak for the output guard
+
+    @property
+    def state_resets(self) -> int:
+        """How many times a non-finite model state was reset (see ``engine_step``)."""
+        return self.state.state_resets
 
     def set_mix(self, mix: float, ramp_seconds: float = 0.02) -> None:
         """Change wet/dry (0..1) with a linear crossfade of ``ramp_seconds`` so the change never clicks."""
@@ -227,10 +271,21 @@ class Dereverberator:
         x2 = x[:, None] if mono else x
         if x2.shape[1] != self.channels:
             raise ValueError(f"block has {x2.shape[1]} channels, the stream has {self.channels}")
+        resets = self.state.state_resets
         wet, self.state = engine_step(self.plan, x2.T, self.state)
         dry = self._delay_dry(x2.T)
+        if self.state.state_resets != resets:
+            # The model restarted from rest: fall back to the (aligned) input and fade back into the model
+            # output over RESET_RAMP_S, so the event is a short wet/dry blend instead of a click.
+            self._mix_now, self._ramp = 0.0, max(1, int(RESET_RAMP_S * self.plan.sample_rate))
         if self._ramp or self._mix_now < 1.0:
             wet = self._apply_mix(wet, dry)
+        if x2.size:
+            finite = np.abs(np.where(np.isfinite(x2), x2, 0.0))
+            self._peak = max(self._peak, np.float32(min(finite.max(), INPUT_LIMIT)))
+        limit = self._peak * np.float32(10 ** (PEAK_MARGIN_DB / 20))
+        if wet.size and np.abs(wet).max() > limit:
+            wet = np.clip(wet, -limit, limit)
         out = wet.T
         return out[:, 0] if mono else out
 

@@ -9,11 +9,13 @@ exactly the input's frame count, rate, channels and (where the format allows) su
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -67,9 +69,16 @@ def plan_jobs(inputs: Iterable[Path], output: Path | None, out_dir: Path | None)
     return jobs, errors
 
 
+class _ReadError(Exception):
+    """libsndfile failed reading the input; any other libsndfile error while streaming is the output's."""
+
+
 def _blocks(f: sf.SoundFile, block: int) -> Iterator[np.ndarray]:
     while True:
-        data = f.read(block, dtype="float32", always_2d=True)
+        try:
+            data = f.read(block, dtype="float32", always_2d=True)
+        except sf.LibsndfileError as exc:
+            raise _ReadError(_reason(exc)) from None
         if data.shape[0] == 0:
             return
         yield data
@@ -120,8 +129,10 @@ def process_file(
             # mkstemp makes the file private (0600); give the output the permissions of a normal new file.
             os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, dst)
-        except sf.LibsndfileError as exc:
-            raise FileError(f"{src}: read or write failed ({_reason(exc)})") from None
+        except _ReadError as exc:
+            raise FileError(f"{src}: read failed ({exc})") from None
+        except sf.LibsndfileError as exc:  # a full disk or a size limit: name the output, not the input
+            raise FileError(f"{dst}: cannot write output ({_reason(exc)})") from None
         except OSError as exc:
             raise FileError(f"{dst}: cannot write output ({exc.strerror or exc})") from None
         finally:
@@ -129,17 +140,24 @@ def process_file(
         warnings = []
         if frames != f.frames:
             warnings.append(f"{src}: header says {f.frames} frames but only {frames} could be read; processed those")
+        elif short := _truncated_data(f):
+            warnings.append(f"{src}: truncated ({short}); processed the {frames} frames that are there")
         if engine.nonfinite_inputs:
             warnings.append(f"{src}: replaced {engine.nonfinite_inputs} NaN/Inf samples with silence")
+        if engine.state_resets:
+            warnings.append(f"{src}: the model state became non-finite {engine.state_resets} time(s) and was reset")
         return FileResult(src, dst, frames, frames / f.samplerate, time.perf_counter() - t0, tuple(warnings))
 
 
-def _stream(f: sf.SoundFile, engine: Dereverberator, tmp: Path, fmt: str, subtype: str, block: int,
+def _stream(f: sf.SoundFile, engine: Dereverberator, tmp: Path | BinaryIO, fmt: str, subtype: str, block: int,
             progress: Callable[[int], None] | None) -> int:
-    """Read -> engine -> write, dropping ``latency`` samples at the head, flushing them at the tail."""
+    """Read -> engine -> write, dropping ``latency`` samples at the head, flushing them at the tail.
+
+    ``tmp`` is the output path, or a seekable binary file object (tests stream hours into a sink)."""
     skip = engine.latency_samples
     frames = written = 0
-    with sf.SoundFile(str(tmp), "w", samplerate=f.samplerate, channels=f.channels, format=fmt, subtype=subtype) as out:
+    target = str(tmp) if isinstance(tmp, Path) else tmp
+    with sf.SoundFile(target, "w", samplerate=f.samplerate, channels=f.channels, format=fmt, subtype=subtype) as out:
         for data in _blocks(f, block):
             frames += data.shape[0]
             y = engine.process(data)
@@ -153,6 +171,17 @@ def _stream(f: sf.SoundFile, engine: Dereverberator, tmp: Path, fmt: str, subtyp
         tail = engine.flush()
         out.write(tail[skip : skip + frames - written])
     return frames
+
+
+def _truncated_data(f: sf.SoundFile) -> str | None:
+    """A WAV/AIFF whose data chunk claims more bytes than the file holds (a cut-off download or recording).
+
+    libsndfile silently shrinks ``frames`` to what is there; only its header log keeps the claimed size.
+    """
+    m = re.search(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", f.extra_info, re.MULTILINE)
+    if m and int(m.group(1)) > int(m.group(2)):
+        return f"header claims {m.group(1)} bytes of audio, the file holds {m.group(2)}"
+    return None
 
 
 def _umask() -> int:

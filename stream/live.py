@@ -732,6 +732,11 @@ def make_summary(proc: _Processor, elapsed: float, rate: int, blocksize: int, de
         "output_device": setup.out_dev.label(),
         "mode": "passthrough" if config.passthrough else ("worker" if isinstance(proc, WorkerProcessor) else "inline"),
     }
+    engine = getattr(proc, "engine", None)
+    if engine is not None:
+        # Numerical events (see stream.engine): NaN/Inf input samples replaced, model state resets.
+        summary.update(nonfinite_inputs=getattr(engine, "nonfinite_inputs", 0),
+                       state_resets=getattr(engine, "state_resets", 0))
     if isinstance(proc, WorkerProcessor):
         summary.update(fifo_underruns=c.fifo_underruns, input_drops=c.input_drops, resync_frames=c.resync_frames,
                        callback_max_ms=round(1000 * proc.callback_max_s, 4))
@@ -755,6 +760,9 @@ def format_summary(s: dict[str, Any]) -> str:
         f"latency      {lat['total']:.1f} ms = device {lat['device']:.1f} + algorithmic {lat['algorithmic']:.1f} "
         f"+ buffering {lat['buffering']:.1f} ms",
     ]
+    if s.get("nonfinite_inputs") or s.get("state_resets"):
+        lines.append(f"numerics     {s['nonfinite_inputs']} NaN/Inf input samples replaced, "
+                     f"{s['state_resets']} model state resets")
     return "\n".join(lines)
 
 

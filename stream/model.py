@@ -67,6 +67,9 @@ class StepModel:
         step_latency: delay of the step function in samples at ``sample_rate``.
         states: the state tensors, in graph order (bound by name, the order is irrelevant).
         card: the model card (dict).
+        rest_seconds: seconds of silence the start state has "heard" (card key ``rest_state_seconds``,
+            0 = the all-zero state); see ``initial_state``. The card's ``rest_state`` holds the state
+            itself (computed at export); without it the runtime computes it at load.
     """
 
     path: Path
@@ -77,6 +80,8 @@ class StepModel:
     card: dict
     _session: object = field(repr=False)
     _output_names: list[str] = field(repr=False)
+    rest_seconds: float = 0.0
+    _rest: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, path: str | Path | None = None, options: SessionOptions = SessionOptions()) -> StepModel:
@@ -108,7 +113,7 @@ class StepModel:
         card = _read_card(path, session)
         states = _discover_states(path, session)
         _check_card_against_graph(path, card, states)
-        return cls(
+        model = cls(
             path=path,
             sample_rate=int(card["sample_rate"]),
             hop=int(card["hop"]),
@@ -117,11 +122,35 @@ class StepModel:
             card=card,
             _session=session,
             _output_names=[AUDIO_OUT] + [f"{s.name}_out" for s in states],
+            rest_seconds=float(card.get("rest_state_seconds", 0.0)),
         )
+        model._rest = _card_rest_state(path, card, states) if "rest_state" in card else model._settle(model.rest_seconds)
+        return model
+
+    def zero_state(self, channels: int) -> dict[str, np.ndarray]:
+        """All-zero state for ``channels`` independent channels."""
+        return {s.name: s.zeros(channels) for s in self.states}
 
     def initial_state(self, channels: int) -> dict[str, np.ndarray]:
-        """Zero state for ``channels`` independent channels."""
-        return {s.name: s.zeros(channels) for s in self.states}
+        """The state every stream starts from, for ``channels`` independent channels: the rest state.
+
+        Why not zeros: a recurrent model's output depends on what it heard before. A live stream
+        has always heard silence before the talker starts, a file has not; starting both from the
+        state silence leads to (a fixed point the model reaches within ``rest_seconds``) makes
+        the two give the same output for the same audio, and a leading pause in a file changes
+        nothing.
+        """
+        assert self._rest is not None
+        return {s.name: np.repeat(self._rest[s.name], channels, axis=s.batch_axis) for s in self.states}
+
+    def _settle(self, seconds: float) -> dict[str, np.ndarray]:
+        """One channel's state after ``seconds`` of digital silence from the zero state."""
+        state = self.zero_state(1)
+        hops = int(round(seconds * self.sample_rate / self.hop))
+        for start in range(0, hops, 64):
+            n = min(64, hops - start)
+            _, state = self.run(np.zeros((1, n * self.hop), np.float32), state)
+        return state
 
     def run(self, audio: np.ndarray, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """One step: ``audio`` float32 [channels, n * hop] -> (audio_out [channels, n * hop], new state)."""
@@ -146,7 +175,29 @@ def _read_card(path: Path, session) -> dict:
             raise ModelError(f"{path}: card {beside.name} disagrees with the ONNX metadata on '{key}'")
     if not isinstance(card["sample_rate"], int) or not 8000 <= card["sample_rate"] <= 192000:
         raise ModelError(f"{path}: model card has no valid sample_rate ({card['sample_rate']!r})")
+    rest = card.get("rest_state_seconds", 0.0)
+    if isinstance(rest, bool) or not isinstance(rest, (int, float)) or not 0.0 <= rest <= 3600.0:
+        raise ModelError(f"{path}: model card has an invalid rest_state_seconds ({rest!r}), expected 0..3600")
     return card
+
+
+def _card_rest_state(path: Path, card: dict, states: tuple[StateSpec, ...]) -> dict[str, np.ndarray]:
+    """The card's ``rest_state`` (one channel per state, computed at export), checked against the graph."""
+    given = card["rest_state"]
+    if not isinstance(given, dict) or set(given) != {s.name for s in states}:
+        raise ModelError(f"{path}: card rest_state must give every state of the graph: {sorted(s.name for s in states)}")
+    rest = {}
+    for s in states:
+        try:
+            value = np.asarray(given[s.name], dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ModelError(f"{path}: card rest_state '{s.name}' is not a numeric array") from None
+        want = tuple(1 if d is None else d for d in s.shape)
+        if value.shape != want or not np.isfinite(value).all():
+            raise ModelError(f"{path}: card rest_state '{s.name}' must be finite with shape {list(want)}, "
+                             f"got {list(value.shape)}")
+        rest[s.name] = value
+    return rest
 
 
 def _discover_states(path: Path, session) -> tuple[StateSpec, ...]:

@@ -18,6 +18,8 @@ class DataConfig:
     train_examples_per_epoch: int = 8000
     val_examples: int = 256
     workers: int = 1
+    # Augmentation overrides of training.mixing.MixConfig (field name -> value), e.g. level_dbfs = [-30, -20].
+    mix: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,12 @@ class OptimConfig:
     # Start each batch from the LSTM state of the previous one (see training.train); off reproduces
     # the shipped model's zero-state training.
     carry_state: bool = False
+    # With carry_state: probability that a batch slot starts from zero state instead, so the zero
+    # state (a fresh stream) stays a state the model has seen.
+    state_reset_prob: float = 0.0
+    # Seconds of silence that lead to the rest state streams start from at run time (the card's
+    # rest_state_seconds); validation and state resets start there too. 0: the zero state.
+    rest_seconds: float = 0.0
     # Initialise from this checkpoint's weights (fine-tuning); empty: random initialisation.
     init_from: str = ""
 
@@ -46,6 +54,9 @@ class LossConfig:
     snr_max_db: float = 30.0
     # Weight of a compressed-magnitude spectral term added to the negative SNR (dB) loss.
     spectral_weight: float = 0.0
+    # Weight of two spectral terms in dB, each the error energy relative to the target's, on
+    # power-law compressed (|X|^0.3) spectra: complex, and magnitude only (see training.train).
+    spectral_db_weight: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,9 @@ class ModelConfig:
     input_proj: int = 256
     # Floor of the log-power features, relative to full scale: bins below it are treated as silence.
     log_floor: float = 1e-10
+    # Time constants (s) of per-bin exponential averages of past power fed to the network as extra
+    # log-power features (state "ema"); empty: none. See MaskLSTM.forward for why.
+    ema_seconds: tuple[float, ...] = ()
 
     @property
     def bins(self) -> int:
@@ -68,6 +71,10 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return STATE_NAMES + (("ema",) if self.ema_seconds else ())
 
 
 def dft_matrices(win: int) -> tuple[Tensor, Tensor]:
@@ -111,7 +118,12 @@ class MaskLSTM(nn.Module):
         # Per-bin affine on the log power, so the LSTM sees roughly unit-scale inputs at speech levels.
         self.feat_scale = nn.Parameter(torch.full((f,), 0.2))
         self.feat_bias = nn.Parameter(torch.full((f,), 2.0))
-        n_feat = f if cfg.mask == "magnitude" else 3 * f
+        n_feat = (f if cfg.mask == "magnitude" else 3 * f) + len(cfg.ema_seconds) * f
+        if cfg.ema_seconds:
+            decay = [math.exp(-cfg.hop / (cfg.sample_rate * t)) for t in cfg.ema_seconds]
+            self.register_buffer("ema_decay", torch.tensor(decay), persistent=False)
+            self.ema_scale = nn.Parameter(torch.full((len(decay), f), 0.2))
+            self.ema_bias = nn.Parameter(torch.full((len(decay), f), 2.0))
         self.proj = nn.Linear(n_feat, cfg.input_proj) if cfg.input_proj else None
         self.lstm = nn.LSTM(cfg.input_proj or n_feat, cfg.hidden, num_layers=cfg.layers, batch_first=True)
         self.mask = nn.Linear(cfg.hidden, f if cfg.mask == "magnitude" else 2 * f)
@@ -122,28 +134,48 @@ class MaskLSTM(nn.Module):
             self.mask.bias.zero_()
             self.mask.bias[:f] = 2.0
 
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """The state tensors, in the order ``forward`` takes and returns them."""
+        return self.cfg.state_names
+
     def initial_state(self, batch: int) -> dict[str, Tensor]:
         """Zero state for ``batch`` channels, keyed by the contract's state names."""
         cfg = self.cfg
-        return {
+        state = {
             "analysis": torch.zeros(batch, cfg.hop),
             "ola": torch.zeros(batch, cfg.hop),
             "lstm_h": torch.zeros(cfg.layers, batch, cfg.hidden),
             "lstm_c": torch.zeros(cfg.layers, batch, cfg.hidden),
         }
+        if cfg.ema_seconds:
+            state["ema"] = torch.zeros(batch, len(cfg.ema_seconds), cfg.bins)
+        return state
 
-    def forward(
-        self, audio: Tensor, analysis: Tensor, ola: Tensor, lstm_h: Tensor, lstm_c: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    @torch.no_grad()
+    def rest_state(self, batch: int, seconds: float) -> dict[str, Tensor]:
+        """State after ``seconds`` of digital silence from zero state, for ``batch`` channels: the state
+        every stream starts from at run time (stream.model.StepModel.initial_state)."""
+        state = self.initial_state(1)
+        hops = int(round(seconds * self.cfg.sample_rate / self.cfg.hop))
+        if hops:
+            res = self(torch.zeros(1, hops * self.cfg.hop), *(state[k] for k in self.state_names))
+            state = dict(zip(self.state_names, res[1:]))
+        axis = {"lstm_h": 1, "lstm_c": 1}
+        return {k: v.repeat_interleave(batch, dim=axis.get(k, 0)) for k, v in state.items()}
+
+    def forward(self, audio: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
         """One streaming step.
 
         Args:
             audio: [B, n * hop] float32 at ``cfg.sample_rate``, n >= 1.
-            analysis, ola: [B, hop]; lstm_h, lstm_c: [layers, B, hidden].
+            states, in ``state_names`` order: analysis, ola [B, hop]; lstm_h, lstm_c [layers, B, hidden];
+            with ``ema_seconds``, ema [B, K, F] (per-bin averaged power, linear scale).
         Returns:
-            (audio_out [B, n * hop] delayed by ``win - hop`` samples, analysis_out, ola_out,
-            lstm_h_out, lstm_c_out).
+            (audio_out [B, n * hop] delayed by ``win - hop`` samples, then each state's new value in
+            the same order).
         """
+        analysis, ola, lstm_h, lstm_c = states[:4]
         hop = self.cfg.hop
         batch = audio.shape[0]
         buf = torch.cat([analysis, audio], dim=1).reshape(batch, -1, hop)  # [B, n+1, hop]
@@ -157,6 +189,15 @@ class MaskLSTM(nn.Module):
             # |X|^0.3 with X's phase: a level-compressed view of the phase for the complex mask.
             squash = power ** -0.35
             feat = torch.cat([feat, re * squash, im * squash], dim=2)
+        extra: tuple[Tensor, ...] = ()
+        if self.cfg.ema_seconds:
+            # Late reverberation is, per bin, a decaying echo of past power (the classic late-reverb PSD
+            # estimate is a delayed, exponentially smoothed power). Averages at a few time constants
+            # give the network that history directly instead of making the LSTM learn the integrator.
+            ema = _ema_scan(power, states[4], self.ema_decay)  # [B, K, n, F]
+            ema_feat = torch.log(ema + self.cfg.log_floor) * self.ema_scale[None, :, None] + self.ema_bias[None, :, None]
+            feat = torch.cat([feat, ema_feat.transpose(1, 2).flatten(2)], dim=2)
+            extra = (ema[:, :, -1],)
         if self.proj is not None:
             feat = self.proj(feat)
         hidden, (h_out, c_out) = self.lstm(feat, (lstm_h, lstm_c))
@@ -174,7 +215,7 @@ class MaskLSTM(nn.Module):
         first, second = out_frames[..., :hop], out_frames[..., hop:]
         prev_second = torch.cat([ola.unsqueeze(1), second[:, :-1]], dim=1)
         audio_out = (first + prev_second).reshape(batch, -1)
-        return audio_out, audio[:, -hop:], second[:, -1], h_out, c_out
+        return (audio_out, audio[:, -hop:], second[:, -1], h_out, c_out) + extra
 
     def enhance(self, audio: Tensor) -> Tensor:
         """Whole-segment processing from zero state, for training.
@@ -185,8 +226,23 @@ class MaskLSTM(nn.Module):
             [B, T] output, delayed by ``cfg.step_latency`` samples (as the stream is).
         """
         state = self.initial_state(audio.shape[0])
-        return self(audio, *(state[k].to(audio) for k in STATE_NAMES))[0]
+        return self(audio, *(state[k].to(audio) for k in self.state_names))[0]
 
+
+def _ema_scan(power: Tensor, ema0: Tensor, decay: Tensor) -> Tensor:
+    """Exponential averages of ``power`` [B, n, F] for each decay a_k in ``decay`` [K], from ``ema0`` [B, K, F].
+
+    e_t = a e_{t-1} + (1 - a) p_t, computed for all n frames at once as a lower-triangular matrix
+    product (a^(t-s) weights), so the step stays one graph with no loop for any n. Returns [B, K, n, F].
+    """
+    n = power.shape[1]
+    idx = torch.arange(n, device=power.device).to(power.dtype)
+    lag = idx[:, None] - idx[None, :]  # [n, n]
+    a = decay[:, None, None]  # [K, 1, 1]
+    weights = torch.where(lag >= 0, (1 - a) * a ** lag.clamp_min(0), torch.zeros_like(lag))  # [K, n, n]
+    out = weights[None] @ power[:, None]  # [B, K, n, F]
+    carry = a[None] ** (idx[None, None, :, None] + 1)  # [1, K, n, 1]
+    return out + carry * ema0[:, :, None, :]
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
@@ -195,7 +251,7 @@ def count_parameters(model: nn.Module) -> int:
 def macs_per_hop(cfg: ModelConfig) -> int:
     """Multiply-adds per hop per channel (DFTs, input layer, LSTM, mask layer), for the model card."""
     f, h = cfg.bins, cfg.hidden
-    n_feat = f if cfg.mask == "magnitude" else 3 * f
+    n_feat = (f if cfg.mask == "magnitude" else 3 * f) + len(cfg.ema_seconds) * f
     n_out = f if cfg.mask == "magnitude" else 2 * f
     dft = 2 * cfg.win * 2 * f
     proj = n_feat * cfg.input_proj

@@ -8,13 +8,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from export.onnx_export import export_checkpoint, parity  # noqa: E402
-from training.model import STATE_NAMES, MaskLSTM, ModelConfig  # noqa: E402
+from training.model import MaskLSTM, ModelConfig  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+@pytest.fixture(scope="module", params=[(), (0.05, 0.5)], ids=["plain", "ema"])
+def exported(tmp_path_factory, request):
     torch.manual_seed(1)
-    model = MaskLSTM(ModelConfig(hidden=48)).eval()
+    model = MaskLSTM(ModelConfig(hidden=48, ema_seconds=request.param)).eval()
     d = tmp_path_factory.mktemp("exp")
     torch.save({"model_config": model.cfg.to_dict(), "model": model.state_dict()}, d / "m.pt")
     card = export_checkpoint(d / "m.pt", d / "m.onnx")
@@ -31,12 +31,12 @@ def test_torch_onnx_parity_random_input(exported):
 def test_graph_names_follow_contract(exported):
     import onnxruntime as ort
 
-    _, path, _ = exported
+    model, path, _ = exported
     s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     ins = [i.name for i in s.get_inputs()]
     outs = [o.name for o in s.get_outputs()]
-    assert ins[0] == "audio" and set(ins[1:]) == set(STATE_NAMES)
-    assert set(outs) == {"audio_out", *(f"{k}_out" for k in STATE_NAMES)}
+    assert ins[0] == "audio" and set(ins[1:]) == set(model.state_names)
+    assert set(outs) == {"audio_out", *(f"{k}_out" for k in model.state_names)}
     meta = s.get_modelmeta().custom_metadata_map
     assert meta["dereverb.sample_rate"] == "16000" and "dereverb.card" in meta
 

@@ -183,11 +183,14 @@ def test_interrupt_leaves_no_partial_output(tmp_path, sig, code):
     import signal
     import time
 
+    from stream.live_measure import default_sigint
+
     src = tmp_path / "long.wav"
     sf.write(str(src), speechlike(120.0, 48000, 2, seed=9), 48000, subtype="PCM_16")
     out_dir = tmp_path / "o"
     proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "file", str(src), "--out-dir", str(out_dir),
                              "--block-size", "256", "--quiet"], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
     deadline = time.monotonic() + 60
     while not list(out_dir.glob(".*partial*")) and time.monotonic() < deadline:

@@ -386,6 +386,19 @@ def test_xrun_flags_are_counted_once_per_callback():
 
 
 # ------------------------------------------------------------------------------------- stats, controls
+@pytest.mark.parametrize("phase", [0, 5, 767])
+def test_file_mode_reference_finds_the_framing_phase(default_model, phase):
+    from stream.engine import dereverb_array
+    from stream.live_measure import file_mode_reference, probe_signal
+
+    x = probe_signal(48000, 2.0)
+    heard = dereverb_array(np.concatenate([np.zeros(768 * 10 + phase, np.float32), x]), 48000, model=default_model)
+    # (10 periods of silence first; the reference search adds 1 + its phase: same rest state, same framing)
+    ref, found = file_mode_reference(heard[768 * 10 + phase :], x, 48000, model=default_model)
+    assert found == phase
+    assert np.abs(ref - heard[768 * 10 + phase :]).max() <= 1e-3
+
+
 def test_timing_ring_percentiles_and_wrap():
     r = TimingRing(slots=100)
     for i in range(250):
@@ -499,11 +512,6 @@ def test_live_through_jack(jack, probe_sd, tmp_path):
     _run_probe_test(jack, probe_sd, tmp_path, match_file_mode=False)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the shipped model has start-up counters in its LSTM state (trained on 4 s segments from zero "
-    "state), so its output depends on the first seconds of history: live mode has run over silence "
-    "before the probe arrives, file mode starts at the probe's first sample (docs/model.md). Needs a "
-    "model trained with carried state; strict, so this fails as soon as such a model ships"))
 def test_live_through_jack_matches_file_mode(jack, probe_sd, tmp_path):
     """After alignment, live output equals file mode's on the same input, apart from xrun stretches."""
     _run_probe_test(jack, probe_sd, tmp_path, match_file_mode=True)
@@ -527,7 +535,7 @@ def _live_runs_through_jack(jack, probe, x: np.ndarray, expected: np.ndarray, tm
                             match_file_mode: bool = True) -> list:
     """One pass-through, one inline and one worker (the default) run; asserts what is deterministic and
     returns the scheduling-dependent problems found."""
-    from stream.live_measure import find_lag, run_live_through_jack, window_errors
+    from stream.live_measure import file_mode_reference, find_lag, run_live_through_jack, window_errors
 
     tmp.mkdir()
     runs = {
@@ -552,8 +560,11 @@ def _live_runs_through_jack(jack, probe, x: np.ndarray, expected: np.ndarray, tm
         # The processed signal arrives, at the reported total latency (within one period).
         assert corr > 0.5, (name, corr, s["xruns"])
         assert abs(lag - reported) <= PERIOD, (name, lag, reported, s["latency_ms"])
-        # After alignment it is file mode's output, apart from stretches around xruns (an xrun loses or
-        # repeats a period, and the model's state then takes a moment to converge again).
+        # After alignment it is file mode's output on the same input (the silence the live stream heard
+        # first, then the probe at whatever sample phase it arrived), apart from stretches around xruns
+        # (an xrun loses or repeats a period, and the model's state then takes a moment to converge).
+        if match_file_mode and name != "pass":
+            ref, _ = file_mode_reference(run.recording[lag:], x, RATE)
         errs = window_errors(run.recording[lag:], ref, PERIOD)
         bad = np.nan_to_num(errs, nan=0.0) > 0.02
         events = s["xruns"] + run.probe_xruns
@@ -681,3 +692,48 @@ def test_keys_on_a_terminal(jack, tmp_path):
     assert b"duration" in seen and b"Traceback" not in seen
     assert after[3] == before[3]  # local modes (ICANON, ECHO) back as they were
     check_summary(json.loads(stats.read_text()))
+
+
+def _inet_socket_inodes() -> set[str]:
+    """Inodes of every TCP/UDP/raw socket in this network namespace (Linux /proc/net)."""
+    inodes = set()
+    for name in ("tcp", "tcp6", "udp", "udp6", "raw", "raw6"):
+        path = Path("/proc/net") / name
+        if path.exists():
+            for line in path.read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 9:
+                    inodes.add(fields[9])
+    return inodes
+
+
+def test_live_mode_opens_no_network_port(jack):
+    """While streaming through the model, the live process holds no TCP/UDP/raw socket (only the audio
+    server's local UNIX sockets)."""
+    from stream.live_measure import LIVE_CLIENT
+
+    from stream.live_measure import default_sigint
+
+    proc = subprocess.Popen(live_cmd("--duration", "20"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, env=env_for(jack), preexec_fn=default_sigint)
+    try:
+        assert jack.wait_ports(LIVE_CLIENT, 60, proc), proc.communicate()
+        time.sleep(1.0)  # streaming now
+        sockets = []
+        for fd in Path(f"/proc/{proc.pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                sockets.append(target[8:-1])
+        assert sockets, "expected the audio server's UNIX sockets"  # the check sees the process's sockets
+        assert not set(sockets) & _inet_socket_inodes(), sockets
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0

@@ -79,6 +79,11 @@ def test_model_without_card(tmp_path, tiny_onnx):
     (lambda c: c.update(hop=128), "hop"),
     (lambda c: c["states"].pop("ola"), "disagree"),
     (lambda c: c["states"]["lstm_h"].update(shape=[3, "channels", 32]), "disagrees with the ONNX metadata"),
+    (lambda c: c.update(sample_rate="16k"), "sample_rate"),
+    (lambda c: c.update(rest_state_seconds=-1), "invalid rest_state_seconds"),
+    (lambda c: c["rest_state"].update(ola=[[0.0]]), "rest_state 'ola' must be finite with shape"),
+    (lambda c: c["rest_state"].update(ola=[[float("nan")] * 256]), "rest_state 'ola' must be finite"),
+    (lambda c: c["rest_state"].pop("lstm_c"), "rest_state must give every state"),
 ])
 def test_card_disagreeing_with_graph(tmp_path, tiny_onnx, edit, message):
     p = tmp_path / "m.onnx"
@@ -95,4 +100,9 @@ def test_shipped_card_matches_graph(default_model):
     for key in ("sample_rate", "hop", "latency_samples", "states", "parameters", "training", "software"):
         assert key in card
     assert card["parameters"] <= 2_000_000
+    assert card["rest_state_seconds"] == default_model.rest_seconds > 0
+    rest = default_model.initial_state(2)
+    for spec in default_model.states:  # every channel starts from the card's rest state
+        want = np.asarray(card["rest_state"][spec.name], np.float32)
+        assert np.array_equal(np.take(rest[spec.name], [1], axis=spec.batch_axis), want)
     assert 1000 * (card["latency_samples"] + card["hop"] - 1) / card["sample_rate"] <= 32.0

@@ -61,7 +61,7 @@ threads = 2
     from stream import Dereverberator, StepModel
 
     model = StepModel.load(onnx_path)
-    assert model.card["training"]["epochs"] == 2
+    assert model.card["training"]["epochs"] in (1, 2)  # best.pt: the epoch with the best validation
     d = Dereverberator(model, sample_rate=48000, channels=2)
     x = (np.random.default_rng(0).standard_normal((48000, 2)) * 0.05).astype(np.float32)
     y = np.concatenate([d.process(x[:1000]), d.process(x[1000:])])

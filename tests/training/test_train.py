@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from training.config import load_config  # noqa: E402
-from training.model import STATE_NAMES, MaskLSTM, ModelConfig  # noqa: E402
+from training.model import MaskLSTM, ModelConfig  # noqa: E402
 from training.train import si_sdr_db, snr_db  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,15 +51,15 @@ def test_default_config_loads_and_rejects_unknown_keys(tmp_path):
     assert over.optim.epochs == 3
 
 
-@pytest.mark.parametrize("mask", ["complex", "magnitude"])
-def test_step_in_pieces_equals_whole(mask):
+@pytest.mark.parametrize("mask, ema", [("complex", ()), ("magnitude", ()), ("complex", (0.05, 0.5))])
+def test_step_in_pieces_equals_whole(mask, ema):
     torch.manual_seed(0)
-    m = MaskLSTM(ModelConfig(hidden=32, mask=mask)).eval()
+    m = MaskLSTM(ModelConfig(hidden=32, mask=mask, ema_seconds=ema)).eval()
     x = torch.randn(2, 256 * 12) * 0.1
     with torch.no_grad():
         whole = m.enhance(x)
         st = m.initial_state(2)
-        state = [st[k] for k in STATE_NAMES]
+        state = [st[k] for k in m.state_names]
         parts = []
         for i in range(0, x.shape[1], 256 * 5):
             out, *state = m(x[:, i : i + 256 * 5], *state)

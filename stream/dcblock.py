@@ -1,0 +1,74 @@
+"""DC blocker in front of the model: a one-pole high-pass, vectorised, exact for any block split.
+
+Why: the model never saw a DC offset in training (real microphones and cheap ADCs have one), and a
+large offset fills the lowest STFT bins and the log-power features with energy that is not sound:
+measured on the demo clip at half scale, an offset of 0.4 turned the dereverberated speech into a
+signal with 3x its own energy in error. Removing everything below ~20 Hz costs nothing audible in
+speech or music and makes the model's input look like its training data.
+
+y[n] = x[n] - x[n-1] + r y[n-1], r = exp(-2 pi fc / fs): a zero at DC, a pole just inside the unit
+circle (fc = 20 Hz: -3 dB at 20 Hz, -0.1 dB above 90 Hz, settles from a step in ~25 ms).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+
+CUTOFF_HZ = 20.0
+# Chunk length for the closed-form recursion: r^-CHUNK must stay far from float64 overflow and keep
+# rounding tiny (at 16 kHz, r^-1024 ~ 3e3).
+CHUNK = 1024
+
+
+def pole(sample_rate: int, cutoff_hz: float = CUTOFF_HZ) -> float:
+    return math.exp(-2.0 * math.pi * cutoff_hz / sample_rate)
+
+
+@lru_cache(maxsize=16)
+def _powers(r: float) -> np.ndarray:
+    """r^-k for k = 0..CHUNK-1 (read-only; computed once per pole)."""
+    up = r ** -np.arange(CHUNK, dtype=np.float64)
+    up.flags.writeable = False
+    return up
+
+
+def initial_state(channels: int) -> np.ndarray:
+    """[channels, 2] float64: the previous input and output sample.
+
+    The previous input starts as NaN, "not seen yet": the first sample then stands in for it, as if
+    the input had sat at that value forever. Why: an offset present from the start would otherwise
+    enter as a step (a thump of the offset's size) and the model would hear it as a loud event.
+    """
+    state = np.zeros((channels, 2), np.float64)
+    state[:, 0] = np.nan
+    return state
+
+
+def dc_block(x: np.ndarray, state: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray]:
+    """High-pass ``x`` float32 [channels, n] with pole ``r``; returns (float32 [channels, n], new state).
+
+    Pure: ``state`` is not modified. The recursion is evaluated in closed form per chunk,
+    y[k] = r^k (y[-1] r + sum_{j<=k} r^-j d[j]) with d the first difference, so there is no Python
+    loop over samples.
+    """
+    c, n = x.shape
+    if n == 0:
+        return x.astype(np.float32, copy=True), state.copy()
+    xd = x.astype(np.float64)
+    prev = np.where(np.isnan(state[:, :1]), xd[:, :1], state[:, :1])
+    d = np.diff(xd, axis=1, prepend=prev)
+    out = np.empty((c, n), np.float64)
+    y_prev = state[:, 1].copy()
+    powers = _powers(r)
+    for start in range(0, n, CHUNK):
+        seg = d[:, start : start + CHUNK]
+        up = powers[: seg.shape[1]]
+        acc = np.cumsum(seg * up, axis=1) + (y_prev * r)[:, None]
+        y = acc / up
+        out[:, start : start + seg.shape[1]] = y
+        y_prev = y[:, -1]
+    new_state = np.stack([xd[:, -1], y_prev], axis=1)
+    return out.astype(np.float32), new_state
