@@ -58,17 +58,22 @@ def dc_block(x: np.ndarray, state: np.ndarray, r: float) -> tuple[np.ndarray, np
     if n == 0:
         return x.astype(np.float32, copy=True), state.copy()
     xd = x.astype(np.float64)
-    prev = np.where(np.isnan(state[:, :1]), xd[:, :1], state[:, :1])
-    d = np.diff(xd, axis=1, prepend=prev)
-    out = np.empty((c, n), np.float64)
-    y_prev = state[:, 1].copy()
+    first = state[:, 0]
+    first = np.where(np.isnan(first), xd[:, 0], first)
+    d = np.empty_like(xd)  # first difference, then the running sum in place
+    np.subtract(xd[:, 0], first, out=d[:, 0])
+    np.subtract(xd[:, 1:], xd[:, :-1], out=d[:, 1:])
+    y_prev = state[:, 1]
     powers = _powers(r)
     for start in range(0, n, CHUNK):
         seg = d[:, start : start + CHUNK]
         up = powers[: seg.shape[1]]
-        acc = np.cumsum(seg * up, axis=1) + (y_prev * r)[:, None]
-        y = acc / up
-        out[:, start : start + seg.shape[1]] = y
-        y_prev = y[:, -1]
-    new_state = np.stack([xd[:, -1], y_prev], axis=1)
-    return out.astype(np.float32), new_state
+        seg *= up
+        np.cumsum(seg, axis=1, out=seg)
+        seg += (y_prev * r)[:, None]
+        seg /= up
+        y_prev = seg[:, -1].copy()
+    new_state = np.empty_like(state)
+    new_state[:, 0] = xd[:, -1]
+    new_state[:, 1] = y_prev
+    return d.astype(np.float32), new_state

@@ -14,6 +14,7 @@ exact and constant.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -142,13 +143,15 @@ def engine_step(plan: Plan, block: np.ndarray, state: EngineState) -> tuple[np.n
         (float32 [channels, frames] output delayed by ``plan.latency`` samples, new state).
     """
     x = np.asarray(block, dtype=np.float32)
-    bad = ~np.isfinite(x)
     nonfinite = state.nonfinite_inputs
-    if bad.any():
+    peak = float(np.abs(x).max()) if x.size else 0.0  # NaN or Inf if any sample is
+    if not math.isfinite(peak):
         # A single NaN would otherwise spread through the LSTM state and silence the stream for good.
+        bad = ~np.isfinite(x)
         x = np.where(bad, np.float32(0.0), x)
         nonfinite += int(bad.sum())
-    if x.size and np.abs(x).max() > INPUT_LIMIT:
+        peak = float(np.abs(x).max())
+    if peak > INPUT_LIMIT:
         x = np.clip(x, -INPUT_LIMIT, INPUT_LIMIT)
     resets = state.state_resets
     rs_in, rs_out = state.rs_in, state.rs_out
@@ -184,7 +187,9 @@ def engine_step(plan: Plan, block: np.ndarray, state: EngineState) -> tuple[np.n
 
 
 def _finite(y: np.ndarray, mstate: dict[str, np.ndarray]) -> bool:
-    return bool(np.isfinite(y).all()) and all(np.isfinite(v).all() for v in mstate.values())
+    # A sum is NaN or Inf if any element is (and cannot overflow for the values a model holds), and
+    # costs one reduction without a boolean temporary: this runs on every block.
+    return math.isfinite(float(y.sum())) and all(math.isfinite(float(v.sum())) for v in mstate.values())
 
 
 @dataclass
@@ -281,8 +286,10 @@ class Dereverberator:
         if self._ramp or self._mix_now < 1.0:
             wet = self._apply_mix(wet, dry)
         if x2.size:
-            finite = np.abs(np.where(np.isfinite(x2), x2, 0.0))
-            self._peak = max(self._peak, np.float32(min(finite.max(), INPUT_LIMIT)))
+            peak = float(np.abs(x2).max())
+            if not math.isfinite(peak):  # rare: NaN/Inf samples, which the engine replaced by zeros
+                peak = float(np.abs(np.where(np.isfinite(x2), x2, 0.0)).max())
+            self._peak = max(self._peak, np.float32(min(peak, INPUT_LIMIT)))
         limit = self._peak * np.float32(10 ** (PEAK_MARGIN_DB / 20))
         if wet.size and np.abs(wet).max() > limit:
             wet = np.clip(wet, -limit, limit)
