@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stream.model import StepModel
 from training.model import MaskLSTM, ModelConfig, count_parameters, macs_per_hop
 
 OPSET = 17
@@ -115,7 +116,8 @@ def describe_data(summary: dict) -> dict:
 REST_STATE_SECONDS = 300.0
 
 
-def build_card(model: MaskLSTM, ckpt: dict, name: str, metrics: dict | None) -> dict:
+def build_card(model: MaskLSTM, ckpt: dict, name: str, metrics: dict | None,
+               rest_seconds: float = REST_STATE_SECONDS) -> dict:
     import onnx
     import onnxruntime
 
@@ -131,7 +133,7 @@ def build_card(model: MaskLSTM, ckpt: dict, name: str, metrics: dict | None) -> 
         "window": cfg.win,
         "latency_samples": cfg.step_latency,
         # Streams start from the state this much digital silence leads to (stream.model.StepModel.initial_state).
-        "rest_state_seconds": REST_STATE_SECONDS,
+        "rest_state_seconds": float(rest_seconds),
         "algorithmic_latency_samples": cfg.step_latency + cfg.hop - 1,
         "algorithmic_latency_ms": round(1000 * (cfg.step_latency + cfg.hop - 1) / cfg.sample_rate, 3),
         "inputs": {"audio": {"shape": ["channels", "samples"], "dtype": "float32", "note": "samples = n * hop"}},
@@ -149,23 +151,6 @@ def build_card(model: MaskLSTM, ckpt: dict, name: str, metrics: dict | None) -> 
             "python": platform.python_version(),
         },
     }
-
-
-def rest_state(onnx_path: Path, cfg: ModelConfig, names: tuple[str, ...], seconds: float) -> dict[str, list]:
-    """One channel's state after ``seconds`` of zeros from the zero state, computed by onnxruntime on the
-    exported graph (what the runtime would compute), as nested lists for the card."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    shapes = {i.name: [1 if isinstance(d, str) else d for d in i.shape] for i in session.get_inputs()}
-    state = {k: np.zeros(shapes[k], np.float32) for k in names}
-    outputs = [f"{k}_out" for k in names]
-    hops = int(round(seconds * cfg.sample_rate / cfg.hop))
-    for start in range(0, hops, 64):
-        n = min(64, hops - start)
-        res = session.run(outputs, {"audio": np.zeros((1, n * cfg.hop), np.float32), **state})
-        state = dict(zip(names, res))
-    return {k: v.tolist() for k, v in state.items()}
 
 
 def attach_card(onnx_path: Path, card: dict) -> None:
@@ -239,14 +224,16 @@ def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, metr
     tmp = Path(tmp_name)
     try:
         export_onnx(model, tmp)
-        card = build_card(model, ckpt, name, metrics)
+        card = build_card(model, ckpt, name, metrics, rest_seconds)
         attach_card(tmp, card)
         err = parity(model, tmp)
         if err > 1e-4:
             raise RuntimeError(f"torch vs ONNX parity {err:.2e} exceeds 1e-4")
         card["export_parity_max_abs"] = err
-        card["rest_state_seconds"] = float(rest_seconds)
-        card["rest_state"] = rest_state(tmp, model.cfg, model.state_names, rest_seconds)
+        # The card has no rest_state yet, so the runtime's loader computes it from rest_state_seconds on
+        # the exported graph; store that exact state, so every later load gets it for free.
+        rest = StepModel.load(tmp).initial_state(1)
+        card["rest_state"] = {k: v.tolist() for k, v in rest.items()}
         attach_card(tmp, card)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a shipped model is world-readable
         os.replace(tmp, out)

@@ -70,6 +70,7 @@ class EngineState:
     dc: np.ndarray | None = None  # [channels, 2] DC blocker state (stream.dcblock), at the stream's rate
     nonfinite_inputs: int = 0
     state_resets: int = 0  # model runs whose output or state was non-finite (state was reset)
+    input_peak: float = 0.0  # largest |sample| seen so far (after NaN/Inf removal and clipping)
 
 
 def make_plan(model: StepModel, sample_rate: int, channels: int) -> Plan:
@@ -153,6 +154,7 @@ def engine_step(plan: Plan, block: np.ndarray, state: EngineState) -> tuple[np.n
         peak = float(np.abs(x).max())
     if peak > INPUT_LIMIT:
         x = np.clip(x, -INPUT_LIMIT, INPUT_LIMIT)
+    input_peak = max(state.input_peak, min(peak, INPUT_LIMIT))
     resets = state.state_resets
     rs_in, rs_out = state.rs_in, state.rs_out
     # DC goes before the resampler too: its filter history starts at zero, so an offset would enter it
@@ -182,7 +184,7 @@ def engine_step(plan: Plan, block: np.ndarray, state: EngineState) -> tuple[np.n
         queue = state.queue
     n = block.shape[-1]
     out, rest = queue[:, :n], queue[:, n:]
-    new = EngineState(mstate, rs_in, rs_out, buf[:, whole:].copy(), rest, dc, nonfinite, resets)
+    new = EngineState(mstate, rs_in, rs_out, buf[:, whole:].copy(), rest, dc, nonfinite, resets, input_peak)
     return out, new
 
 
@@ -255,7 +257,6 @@ class Dereverberator:
         self._dry = np.zeros((self.channels, self.plan.latency), np.float32)
         self._mix_now = float(self.mix)
         self._ramp = 0  # samples left in a mix crossfade
-        self._peak = np.float32(0.0)  # running input peak for the output guard
 
     @property
     def state_resets(self) -> int:
@@ -285,12 +286,7 @@ class Dereverberator:
             self._mix_now, self._ramp = 0.0, max(1, int(RESET_RAMP_S * self.plan.sample_rate))
         if self._ramp or self._mix_now < 1.0:
             wet = self._apply_mix(wet, dry)
-        if x2.size:
-            peak = float(np.abs(x2).max())
-            if not math.isfinite(peak):  # rare: NaN/Inf samples, which the engine replaced by zeros
-                peak = float(np.abs(np.where(np.isfinite(x2), x2, 0.0)).max())
-            self._peak = max(self._peak, np.float32(min(peak, INPUT_LIMIT)))
-        limit = self._peak * np.float32(10 ** (PEAK_MARGIN_DB / 20))
+        limit = np.float32(self.state.input_peak * 10 ** (PEAK_MARGIN_DB / 20))
         if wet.size and np.abs(wet).max() > limit:
             wet = np.clip(wet, -limit, limit)
         out = wet.T

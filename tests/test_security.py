@@ -60,6 +60,19 @@ def where(path: Path, node: ast.AST) -> str:
     return f"{path.relative_to(ROOT)}:{node.lineno}"
 
 
+def planted(tmp_path: Path, monkeypatch, source: str) -> Path:
+    """A module with planted violations, under a temporary ROOT (so ``where`` names it m.py)."""
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    path = tmp_path / "m.py"
+    path.write_text(source)
+    return path
+
+
+def bad_lines(violations: list[str]) -> list[str]:
+    """The line numbers of ``where``-prefixed violations ('m.py:4: ...' -> '4')."""
+    return [v.split(":")[1] for v in violations]
+
+
 # --------------------------------------------------------------------------------------- torch.load
 def torch_load_violations(path: Path) -> tuple[int, list[str]]:
     """(number of torch.load calls, those without weights_only=True) in one file."""
@@ -91,18 +104,16 @@ def test_every_torch_load_uses_weights_only():
 
 
 def test_torch_load_check_catches_a_missing_flag(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
-    (tmp_path / "m.py").write_text(
-        "import torch\nfrom torch import load as L\n"
-        "a = torch.load(p, weights_only=True)\n"
-        "b = torch.load(p)\n"
-        "c = torch.load(p, weights_only=False)\n"
-        "d = L(p, map_location='cpu')\n"
-        "e = torch.load(p, weights_only=flag)\n"
-        "f = onnx.load(p)\n"
-    )
-    found, bad = torch_load_violations(tmp_path / "m.py")
-    assert found == 5 and [b.split(":")[1] for b in bad] == ["4", "5", "6", "7"]
+    path = planted(tmp_path, monkeypatch,
+                   "import torch\nfrom torch import load as L\n"
+                   "a = torch.load(p, weights_only=True)\n"
+                   "b = torch.load(p)\n"
+                   "c = torch.load(p, weights_only=False)\n"
+                   "d = L(p, map_location='cpu')\n"
+                   "e = torch.load(p, weights_only=flag)\n"
+                   "f = onnx.load(p)\n")
+    found, bad = torch_load_violations(path)
+    assert found == 5 and bad_lines(bad) == ["4", "5", "6", "7"]
 
 
 # ------------------------------------------------------------------------------- runtime unpickling
@@ -135,13 +146,11 @@ def test_runtime_never_unpickles():
 
 
 def test_unpickling_check_catches_violations(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
-    (tmp_path / "m.py").write_text(
-        "import numpy as np\nimport pickle\nfrom joblib import load\nimport torch.nn\n"
-        "a = np.load(p)\nb = np.load(p, allow_pickle=True)\nc = np.load(p, allow_pickle=False)\n"
-        "d = __import__('dill')\n"
-    )
-    assert [b.split(":")[1] for b in unpickling_violations(tmp_path / "m.py")] == ["2", "3", "4", "6", "8"]
+    path = planted(tmp_path, monkeypatch,
+                   "import numpy as np\nimport pickle\nfrom joblib import load\nimport torch.nn\n"
+                   "a = np.load(p)\nb = np.load(p, allow_pickle=True)\nc = np.load(p, allow_pickle=False)\n"
+                   "d = __import__('dill')\n")
+    assert bad_lines(unpickling_violations(path)) == ["2", "3", "4", "6", "8"]
 
 
 # ----------------------------------------------------------------------------------------- no shell
@@ -163,16 +172,14 @@ def test_no_shell_anywhere():
 
 
 def test_shell_check_catches_violations(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
-    (tmp_path / "m.py").write_text(
-        "import os, subprocess\n"
-        "subprocess.run(['ls'], shell=False)\n"
-        "subprocess.run('ls', shell=True)\n"
-        "os.system('ls')\n"
-        "os.popen('ls')\n"
-        "subprocess.Popen(cmd, shell=flag)\n"
-    )
-    assert [b.split(":")[1] for b in shell_violations(tmp_path / "m.py")] == ["3", "4", "5", "6"]
+    path = planted(tmp_path, monkeypatch,
+                   "import os, subprocess\n"
+                   "subprocess.run(['ls'], shell=False)\n"
+                   "subprocess.run('ls', shell=True)\n"
+                   "os.system('ls')\n"
+                   "os.popen('ls')\n"
+                   "subprocess.Popen(cmd, shell=flag)\n")
+    assert bad_lines(shell_violations(path)) == ["3", "4", "5", "6"]
 
 
 # --------------------------------------------------------------------- hostile file names, for real

@@ -52,8 +52,6 @@ class LossConfig:
     target: str = "early"
     # Soft ceiling of the per-example SNR in the loss (dB), see ``training.train.snr_db``.
     snr_max_db: float = 30.0
-    # Weight of a compressed-magnitude spectral term added to the negative SNR (dB) loss.
-    spectral_weight: float = 0.0
     # Weight of two spectral terms in dB, each the error energy relative to the target's, on
     # power-law compressed (|X|^0.3) spectra: complex, and magnitude only (see training.train).
     spectral_db_weight: float = 0.0

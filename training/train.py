@@ -70,36 +70,27 @@ def spectral_db(est: torch.Tensor, ref: torch.Tensor, floor_db: float = -30.0) -
     return 10 * torch.log10(rel_c + tau) + 10 * torch.log10(rel_m + tau)
 
 
-def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig,
-                 lstm_state: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 start: dict[str, torch.Tensor] | None = None):
-    """Negative thresholded SNR of the output against the target (plus optional spectral term).
+def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig, start: dict[str, torch.Tensor] | None = None):
+    """Negative thresholded SNR of the output against the target, plus the compressed-spectrum terms
+    when ``loss.spectral_db_weight`` > 0.
 
     The step function delays audio by ``step_latency`` samples, so the output is compared with the
-    target shifted by the same amount; the first samples (filter warm-up) are excluded.
-    ``lstm_state`` (h, c) starts the LSTM from a given state instead of zeros (carried-state
-    training); the signal state (analysis, ola) always starts at zero, since the example is new audio.
-    Returns (loss, per-example SI-SDR of output vs target, final (h, c)).
+    target shifted by the same amount; the first samples (filter warm-up) are excluded. ``start``
+    (state name -> tensor, batch on the channel axis) is the state the step starts from (default:
+    zeros); carried-state training passes the rest state with the previous example's LSTM state.
+    Returns (loss, per-example SI-SDR of output vs target, final (lstm_h, lstm_c)).
     """
     mix = batch["mixture"]
     target = batch[cfg.loss.target]
     lat = model.cfg.step_latency
-    st = dict(start) if start is not None else model.initial_state(mix.shape[0])
-    if lstm_state is not None:
-        st["lstm_h"], st["lstm_c"] = lstm_state
-    res = model(mix, *(st[k] for k in model.state_names))
-    out, h1, c1 = res[0], res[3], res[4]
-    out = out[:, lat:]
+    st = start if start is not None else model.initial_state(mix.shape[0])
+    res = dict(zip(("audio_out", *model.state_names), model(mix, *(st[k] for k in model.state_names))))
+    out = res["audio_out"][:, lat:]
     ref = target[:, : target.shape[1] - lat]
     loss = -snr_db(out, ref, max_db=cfg.loss.snr_max_db).mean()
-    if cfg.loss.spectral_weight > 0:
-        win = torch.hann_window(512, device=out.device)
-        so = torch.stft(out, 512, 128, window=win, return_complex=True).abs().clamp_min(1e-8) ** 0.3
-        sr = torch.stft(ref, 512, 128, window=win, return_complex=True).abs().clamp_min(1e-8) ** 0.3
-        loss = loss + cfg.loss.spectral_weight * ((so - sr) ** 2).mean()
     if cfg.loss.spectral_db_weight > 0:
         loss = loss + cfg.loss.spectral_db_weight * spectral_db(out, ref).mean()
-    return loss, si_sdr_db(out.detach(), ref), (h1.detach(), c1.detach())
+    return loss, si_sdr_db(out.detach(), ref), (res["lstm_h"].detach(), res["lstm_c"].detach())
 
 
 # Validation figure that selects best.pt: SI-SDR gain on examples with RT60 >= 0.4 s.
@@ -223,7 +214,7 @@ def train(cfg: TrainConfig) -> Path:
                 start = (torch.where(fresh, rest["lstm_h"], start[0]), torch.where(fresh, rest["lstm_c"], start[1]))
             elif start is None:
                 start = (rest["lstm_h"], rest["lstm_c"])
-            loss, sdr, carried = compute_loss(model, batch, cfg, start, start=rest)
+            loss, sdr, carried = compute_loss(model, batch, cfg, {**rest, "lstm_h": start[0], "lstm_c": start[1]})
             step += 1
             opt.zero_grad(set_to_none=True)
             loss.backward()
