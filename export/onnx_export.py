@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from stream.model import StepModel
-from training.model import MaskLSTM, ModelConfig, count_parameters, macs_per_hop
+from training.model import RECURRENT, MaskLSTM, ModelConfig, count_parameters, macs_per_hop
 
 OPSET = 17
 CARD_FORMAT = "dereverb-step-model/1"
@@ -47,6 +47,12 @@ def state_shapes(cfg: ModelConfig) -> dict[str, dict]:
         **({"ema": {"shape": ["channels", len(cfg.ema_seconds), cfg.bins],
                     "holds": f"per-bin exponential averages of past power, time constants {list(cfg.ema_seconds)} s"}}
            if cfg.ema_seconds else {}),
+        **({f"band_{x}": {"shape": [cfg.band_layers, "channels", cfg.bands, cfg.band_hidden],
+                          "holds": f"sub-band LSTM {name} state, one per band of {cfg.band_width} bins"}
+            for x, name in (("h", "hidden"), ("c", "cell"))} if cfg.band_width else {}),
+        **({"spec_past": {"shape": ["channels", cfg.lp_frames, 2 * cfg.bins],
+                          "holds": f"spectra (re then im) of the last {cfg.lp_frames} frames, for the linear prediction"}}
+           if cfg.lp_taps else {}),
     }
 
 
@@ -58,7 +64,7 @@ def export_onnx(model: MaskLSTM, path: Path) -> None:
     args = (torch.randn(2, 3 * cfg.hop) * 0.1, *(state[k] for k in names))
     dynamic = {"audio": {0: "channels", 1: "samples"}, "audio_out": {0: "channels", 1: "samples"}}
     for name in names:
-        axis = 1 if name.startswith("lstm") else 0
+        axis = 1 if name in RECURRENT else 0
         dynamic[name] = {axis: "channels"}
         dynamic[f"{name}_out"] = {axis: "channels"}
     # The tracer warns that LSTM shape checks become constants and that the batch size is fixed:

@@ -66,6 +66,8 @@ RT60_BINS: tuple[tuple[str, float, float], ...] = (
     ("rt60>0.8", 0.8, math.inf),
 )
 SYSTEMS_ORDER = ("unprocessed", "ours", "wpe_online", "wpe_offline")
+SHORT_RT60 = 0.3  # below it the no-damage target applies (issue 3)
+SHORT_GROUP = "rt60<0.3"
 PASSTHROUGH = "passthrough"  # --model value that makes "ours" the identity (pipeline check)
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -434,7 +436,8 @@ def _mean(values: list[float]) -> float | None:
 def aggregate(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
     """Means per group and system: ``{group: {system: {"n": int, metric: mean, ...}}}``.
 
-    Groups are the RT60 bins, ``all_reverb`` (all reverberant speech), ``dry`` and ``music``.
+    Groups are the RT60 bins, ``all_reverb`` (all reverberant speech), ``rt60<0.3`` (the short rooms
+of the no-damage target, a subset of the first bin), ``dry`` and ``music``.
     NaN/None values (e.g. PESQ found no utterance) are left out of the mean of that metric.
     """
     groups: dict[str, list[dict]] = {}
@@ -442,7 +445,9 @@ def aggregate(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str
         groups.setdefault(rec["bin"], []).append(rec)
         if rec["kind"] == "reverb":
             groups.setdefault("all_reverb", []).append(rec)
-    order = [b for b, _, _ in RT60_BINS] + ["all_reverb", "dry", "music"]
+            if rec.get("rt60") is not None and rec["rt60"] < SHORT_RT60:
+                groups.setdefault(SHORT_GROUP, []).append(rec)
+    order = [b for b, _, _ in RT60_BINS] + ["all_reverb", SHORT_GROUP, "dry", "music"]
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for g in order:
         recs = groups.get(g, [])
@@ -468,6 +473,67 @@ def aggregate(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str
     return out
 
 
+# Metrics compared with WPE for "better than both WPE variants on every metric" (higher is better).
+COMPARED = ("d_si_sdr_direct", "d_si_sdr_early", "pesq", "estoi", "dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak")
+
+
+def check_targets(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The shipped model's quality targets (issue 3) against an :func:`aggregate` summary.
+
+    Returns one row per target: ``{"target", "value", "bar", "met"}``; ``met`` is None when the
+    summary lacks the group or system. Deltas are the paired means against the unprocessed input."""
+    rows: list[dict[str, Any]] = []
+
+    def get(group: str, system: str, key: str) -> float | None:
+        return summary.get(group, {}).get(system, {}).get(key)
+
+    def delta(group: str, key: str) -> float | None:
+        """ours minus input: the paired mean ``d_<key>``, or the difference of the means (the same
+        examples, so the same number) for metrics without a paired record."""
+        d = get(group, "ours", f"d_{key}")
+        if d is not None:
+            return d
+        a, b = get(group, "ours", key), get(group, "unprocessed", key)
+        return None if a is None or b is None else a - b
+
+    def add(target: str, value: float | None, bar: float, text: str | None = None) -> None:
+        rows.append({"target": target, "value": value, "bar": text or f">= {bar:+.2f}",
+                     "met": None if value is None else bool(value >= bar)})
+
+    mid, high = RT60_BINS[1][0], RT60_BINS[2][0]
+    for group, bar_e, bar_d in ((mid, 5.0, 2.0), (high, 6.0, 3.0)):
+        add(f"{group}: dSI-SDR vs early-50 (dB)", get(group, "ours", "d_si_sdr_early"), bar_e)
+        add(f"{group}: dSI-SDR vs direct path (dB)", get(group, "ours", "d_si_sdr_direct"), bar_d)
+    add(f"{mid}: dPESQ-WB", get(mid, "ours", "d_pesq"), 0.3)
+    add(f"{mid}: dDNSMOS OVRL", get(mid, "ours", "d_dnsmos_ovrl"), 0.4)
+    for group in (mid, high):
+        for key in COMPARED:
+            ours = get(group, "ours", key)
+            wpe = [get(group, w, key) for w in ("wpe_online", "wpe_offline")]
+            margin = None if ours is None or None in wpe else ours - max(wpe)  # type: ignore[type-var]
+            add(f"{group}: {key} minus the better WPE", margin, 0.0, "> 0")
+            if margin is not None:
+                rows[-1]["met"] = margin > 0
+    add("dry: SI-SDR of output vs input (dB)", get("dry", "ours", "si_sdr_input"), 20.0, ">= 20")
+    for key, bar in (("si_sdr_direct", -0.5), ("si_sdr_early", -0.5), ("pesq", -0.05), ("dnsmos_ovrl", -0.05),
+                     ("dnsmos_sig", -0.05), ("dnsmos_bak", -0.05)):
+        add(f"{SHORT_GROUP}: change of {key}", delta(SHORT_GROUP, key), bar)
+    add("music: dSI-SDR vs early-50 (dB)", get("music", "ours", "d_si_sdr_early"), 0.0)
+    return rows
+
+
+def targets_table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """Markdown table of :func:`check_targets`."""
+    rows = check_targets(summary)
+    lines = ["Targets of issue 3", "", "| target | measured | bar | met |", "|---|---|---|---|"]
+    for r in rows:
+        met = "-" if r["met"] is None else ("yes" if r["met"] else "**no**")
+        lines.append(f"| {r['target']} | {_f(r['value'], 3, signed=True)} | {r['bar']} | {met} |")
+    met = sum(r["met"] is True for r in rows)
+    lines += ["", f"{met} of {len(rows)} met.", ""]
+    return "\n".join(lines)
+
+
 def _f(v: Any, nd: int = 2, signed: bool = False) -> str:
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return "-"
@@ -479,7 +545,7 @@ def markdown_table(summary: dict[str, dict[str, dict[str, Any]]], title: str = "
     lines: list[str] = []
     if title:
         lines += [f"### {title}", ""]
-    rev_groups = [g for g in [b for b, _, _ in RT60_BINS] + ["all_reverb"] if g in summary]
+    rev_groups = [g for g in [b for b, _, _ in RT60_BINS] + ["all_reverb", SHORT_GROUP] if g in summary]
     if rev_groups:
         lines += [
             "Reverberant speech (references: direct path, early-50 ms target; deltas are paired vs the input)",
@@ -695,6 +761,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     md = markdown_table(result["summary"], title=f"{name} on {cfg.split} ({len(result['examples'])} examples, "
                                                    f"seed {cfg.seed}, "
                                                    + (f"{cfg.warmup:g} s warm-up)" if cfg.warmup > 0 else "cold start)"))
+    md += targets_table(result["summary"]) + "\n"
     md += "\n" + "```\n" + timing_text(result) + "\n```\n"
     print(md)
     if a.out:

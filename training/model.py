@@ -10,6 +10,13 @@ Signal path (16 kHz, window 512 = 32 ms, hop 256 = 16 ms, 50 % overlap):
     features [log |X|^2, compressed re, compressed im] --Linear--> LSTM x L --> Linear --> mask [B, n, F]
     mask * X --inverse DFT + sqrt-Hann (matmul)--> overlap-add --> audio_out [B, n*hop]
 
+With ``band_width`` W (compared in docs/model.md, not shipped), the full-band LSTM gives context instead of the
+mask, and a sub-band LSTM shared by all ceil(F / W) bands gives the mask, band by band:
+
+    full-band LSTM out [B, n, H] --Linear--> context [B, n, bands, C]
+    per band: [W bins x (log|X|^2, compressed re, im), context, band embedding] --LSTM (shared)-->
+    Linear --> W complex mask values
+
 The mask is complex by default, with its magnitude bounded below 1 (``z tanh|z| / |z|``): it can
 rotate phase as well as attenuate, but never amplify a bin. Why complex: on held-out rooms with RT60
 0.4-0.8 s an *oracle* real mask in [0, 1] lifts SI-SDR against the early-50 ms target only from
@@ -25,6 +32,7 @@ State (all explicit, batch axis = audio channel):
     ola      [B, hop]      the second half of the last synthesis frame (overlap-add tail)
     lstm_h   [L, B, H]     LSTM hidden state
     lstm_c   [L, B, H]     LSTM cell state
+    band_h, band_c [Lb, B, bands, Hb]   sub-band LSTM state (with ``band_width``)
 
 Latency: output hop k completes input samples [(k-1)*hop, k*hop), so the step delays audio by
 ``win - hop`` samples; the streaming engine adds ``hop - 1`` samples of block buffering on top.
@@ -39,6 +47,8 @@ import torch
 from torch import Tensor, nn
 
 STATE_NAMES: tuple[str, ...] = ("analysis", "ola", "lstm_h", "lstm_c")
+# Recurrent states: [layers, channels, ...], channel axis 1 (the others put channels first).
+RECURRENT: tuple[str, ...] = ("lstm_h", "lstm_c", "band_h", "band_c")
 
 
 @dataclass(frozen=True)
@@ -59,10 +69,30 @@ class ModelConfig:
     # Time constants (s) of per-bin exponential averages of past power fed to the network as extra
     # log-power features (state "ema"); empty: none. See MaskLSTM.forward for why.
     ema_seconds: tuple[float, ...] = ()
+    # Sub-band stage (0: none). With band_width W, the bins are cut into ceil(F / W) bands of W bins and
+    # one small LSTM, shared by all bands, runs along time in each band (state "band_h"/"band_c"); the
+    # full-band LSTM above then only supplies each band a context vector of ``band_context`` values, and
+    # the sub-band LSTM gives the mask. See MaskLSTM.forward for why.
+    band_width: int = 0
+    band_hidden: int = 64
+    band_layers: int = 1
+    band_context: int = 16
+    band_embed: int = 8
+    # Linear prediction of late reverberation (needs band_width; 0: none). The sub-band LSTM also gives,
+    # per bin, ``lp_taps`` complex coefficients g_k, and the mask is applied to
+    # X(t) - sum_k g_k X(t - lp_delay - k) (frames, so lp_delay = 3 keeps the first 48 ms, the early
+    # part, out of the prediction); state "spec_past" holds the frames it needs. See docs/model.md
+    # ("What limits the learned models") for why.
+    lp_taps: int = 0
+    lp_delay: int = 3
 
     @property
     def bins(self) -> int:
         return self.win // 2 + 1
+
+    @property
+    def bands(self) -> int:
+        return -(-self.bins // self.band_width) if self.band_width else 0
 
     @property
     def step_latency(self) -> int:
@@ -74,7 +104,13 @@ class ModelConfig:
 
     @property
     def state_names(self) -> tuple[str, ...]:
-        return STATE_NAMES + (("ema",) if self.ema_seconds else ())
+        return (STATE_NAMES + (("ema",) if self.ema_seconds else ()) + (("band_h", "band_c") if self.band_width else ())
+                + (("spec_past",) if self.lp_taps else ()))
+
+    @property
+    def lp_frames(self) -> int:
+        """Past frames the prediction needs (state "spec_past")."""
+        return self.lp_delay + self.lp_taps - 1 if self.lp_taps else 0
 
 
 def dft_matrices(win: int) -> tuple[Tensor, Tensor]:
@@ -126,13 +162,34 @@ class MaskLSTM(nn.Module):
             self.ema_bias = nn.Parameter(torch.full((len(decay), f), 2.0))
         self.proj = nn.Linear(n_feat, cfg.input_proj) if cfg.input_proj else None
         self.lstm = nn.LSTM(cfg.input_proj or n_feat, cfg.hidden, num_layers=cfg.layers, batch_first=True)
-        self.mask = nn.Linear(cfg.hidden, f if cfg.mask == "magnitude" else 2 * f)
+        if cfg.band_width:
+            if cfg.mask != "complex":
+                raise ValueError("the sub-band stage gives a complex mask")
+            w, nb = cfg.band_width, cfg.bands
+            self.band_ctx = nn.Linear(cfg.hidden, nb * cfg.band_context)
+            self.band_emb = nn.Parameter(torch.randn(nb, cfg.band_embed) * 0.1)
+            self.band_lstm = nn.LSTM(3 * w + cfg.band_context + cfg.band_embed, cfg.band_hidden,
+                                     num_layers=cfg.band_layers, batch_first=True)
+            self.mask = nn.Linear(cfg.band_hidden, 2 * w)
+            n_real = w
+            if cfg.lp_taps:
+                if cfg.lp_delay < 1:
+                    raise ValueError("lp_delay must be >= 1 frame (the current frame is not predicted)")
+                # Zero at init: no prediction until training finds one.
+                self.lp = nn.Linear(cfg.band_hidden, 2 * w * cfg.lp_taps)
+                nn.init.zeros_(self.lp.weight)
+                nn.init.zeros_(self.lp.bias)
+        elif cfg.lp_taps:
+            raise ValueError("lp_taps needs the sub-band stage (band_width > 0)")
+        else:
+            self.mask = nn.Linear(cfg.hidden, f if cfg.mask == "magnitude" else 2 * f)
+            n_real = f
         # Start close to pass-through so early training does not destroy the signal: sigmoid(2) = 0.88
         # for the real mask; real part tanh(2) = 0.96, imaginary part 0 for the complex one.
         nn.init.zeros_(self.mask.weight)
         with torch.no_grad():
             self.mask.bias.zero_()
-            self.mask.bias[:f] = 2.0
+            self.mask.bias[:n_real] = 2.0
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -150,6 +207,11 @@ class MaskLSTM(nn.Module):
         }
         if cfg.ema_seconds:
             state["ema"] = torch.zeros(batch, len(cfg.ema_seconds), cfg.bins)
+        if cfg.band_width:
+            state["band_h"] = torch.zeros(cfg.band_layers, batch, cfg.bands, cfg.band_hidden)
+            state["band_c"] = torch.zeros(cfg.band_layers, batch, cfg.bands, cfg.band_hidden)
+        if cfg.lp_taps:
+            state["spec_past"] = torch.zeros(batch, cfg.lp_frames, 2 * cfg.bins)
         return state
 
     @torch.no_grad()
@@ -161,7 +223,7 @@ class MaskLSTM(nn.Module):
         if hops:
             res = self(torch.zeros(1, hops * self.cfg.hop), *(state[k] for k in self.state_names))
             state = dict(zip(self.state_names, res[1:]))
-        axis = {"lstm_h": 1, "lstm_c": 1}
+        axis = {k: 1 for k in RECURRENT}
         return {k: v.repeat_interleave(batch, dim=axis.get(k, 0)) for k, v in state.items()}
 
     def forward(self, audio: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
@@ -170,7 +232,9 @@ class MaskLSTM(nn.Module):
         Args:
             audio: [B, n * hop] float32 at ``cfg.sample_rate``, n >= 1.
             states, in ``state_names`` order: analysis, ola [B, hop]; lstm_h, lstm_c [layers, B, hidden];
-            with ``ema_seconds``, ema [B, K, F] (per-bin averaged power, linear scale).
+            with ``ema_seconds``, ema [B, K, F] (per-bin averaged power, linear scale);
+            with ``band_width``, band_h, band_c [band_layers, B, bands, band_hidden];
+            with ``lp_taps``, spec_past [B, lp_frames, 2F] (past frames' spectra, re then im).
         Returns:
             (audio_out [B, n * hop] delayed by ``win - hop`` samples, then each state's new value in
             the same order).
@@ -184,7 +248,7 @@ class MaskLSTM(nn.Module):
         f = self.cfg.bins
         re, im = spec[..., :f], spec[..., f:]
         power = re * re + im * im + self.cfg.log_floor
-        feat = torch.log(power) * self.feat_scale + self.feat_bias
+        feat = feat_log = torch.log(power) * self.feat_scale + self.feat_bias
         if self.cfg.mask == "complex":
             # |X|^0.3 with X's phase: a level-compressed view of the phase for the complex mask.
             squash = power ** -0.35
@@ -201,7 +265,20 @@ class MaskLSTM(nn.Module):
         if self.proj is not None:
             feat = self.proj(feat)
         hidden, (h_out, c_out) = self.lstm(feat, (lstm_h, lstm_c))
-        z = self.mask(hidden)
+        if self.cfg.band_width:
+            # Late reverberation is, bin by bin, a decaying echo of that bin's own past (what WPE and the
+            # statistical late-reverb estimators model per bin). One full-band LSTM of 256 units must
+            # track that history for all 257 bins at once; here a small LSTM shared by all bands tracks
+            # each band's own history (FullSubNet's idea), and the full-band LSTM only adds context.
+            named = dict(zip(self.state_names[4:], states[4:]))
+            per_bin = torch.stack([feat_log, re * squash, im * squash], dim=-1)
+            z, coef, hb, cb = self._bands(per_bin, hidden, named["band_h"], named["band_c"], batch, audio.shape[1] // hop)
+            extra = extra + (hb, cb)
+            if self.cfg.lp_taps:
+                re, im, past = self._predict(spec, named["spec_past"], coef)
+                extra = extra + (past,)
+        else:
+            z = self.mask(hidden)
         if self.cfg.mask == "magnitude":
             mask = torch.sigmoid(z)
             out_re, out_im = re * mask, im * mask
@@ -216,6 +293,38 @@ class MaskLSTM(nn.Module):
         prev_second = torch.cat([ola.unsqueeze(1), second[:, :-1]], dim=1)
         audio_out = (first + prev_second).reshape(batch, -1)
         return (audio_out, audio[:, -hop:], second[:, -1], h_out, c_out) + extra
+
+    def _bands(self, per_bin: Tensor, hidden: Tensor, band_h: Tensor, band_c: Tensor, batch: int, n: int):
+        """Sub-band stage: per-bin features [B, n, F, 3] and full-band LSTM output [B, n, H] -> mask
+        parameters [B, n, 2F] (real parts then imaginary), new band_h and band_c."""
+        cfg = self.cfg
+        w, nb, f = cfg.band_width, cfg.bands, cfg.bins
+        x = torch.nn.functional.pad(per_bin, (0, 0, 0, nb * w - f)).reshape(batch, n, nb, 3 * w)
+        ctx = self.band_ctx(hidden).reshape(batch, n, nb, cfg.band_context)
+        emb = self.band_emb.reshape(1, 1, nb, cfg.band_embed).expand(batch, n, nb, cfg.band_embed)
+        x = torch.cat([x, ctx, emb], dim=3).transpose(1, 2).reshape(batch * nb, n, -1)
+        layers, hs = cfg.band_layers, cfg.band_hidden
+        y, (hb, cb) = self.band_lstm(x, (band_h.reshape(layers, batch * nb, hs), band_c.reshape(layers, batch * nb, hs)))
+        z = self.mask(y).reshape(batch, nb, n, 2, w).permute(0, 2, 3, 1, 4).reshape(batch, n, 2, nb * w)[..., :f]
+        coef = None
+        if cfg.lp_taps:
+            k = cfg.lp_taps
+            coef = self.lp(y).reshape(batch, nb, n, 2, k, w).permute(0, 2, 3, 4, 1, 5).reshape(batch, n, 2, k, nb * w)[..., :f]
+        return z.reshape(batch, n, 2 * f), coef, hb.reshape(layers, batch, nb, hs), cb.reshape(layers, batch, nb, hs)
+
+    def _predict(self, spec: Tensor, past: Tensor, coef: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Subtract the linear prediction from past frames: spec [B, n, 2F] (re | im), past [B, M, 2F],
+        coef [B, n, 2, K, F] -> (re, im [B, n, F] of the residual, new past [B, M, 2F])."""
+        cfg = self.cfg
+        f, d, m = cfg.bins, cfg.lp_delay, cfg.lp_frames
+        full = torch.cat([past, spec], dim=1)  # [B, M + n, 2F]; frame t of the chunk is at M + t
+        # Frame t - d - k for every t of the chunk: static slice bounds, so the ONNX graph serves any n.
+        lagged = torch.stack([full[:, m - d - k : full.shape[1] - d - k] for k in range(cfg.lp_taps)], dim=2)
+        pr, pi = lagged[..., :f], lagged[..., f:]  # [B, n, K, F]
+        gr, gi = coef[:, :, 0], coef[:, :, 1]
+        re = spec[..., :f] - (gr * pr - gi * pi).sum(2)
+        im = spec[..., f:] - (gr * pi + gi * pr).sum(2)
+        return re, im, full[:, full.shape[1] - m :]
 
     def enhance(self, audio: Tensor) -> Tensor:
         """Whole-segment processing from zero state, for training.
@@ -257,4 +366,10 @@ def macs_per_hop(cfg: ModelConfig) -> int:
     proj = n_feat * cfg.input_proj
     lstm_in = cfg.input_proj or n_feat
     lstm = 4 * h * (lstm_in + h) + (cfg.layers - 1) * 4 * h * (2 * h)
-    return dft + proj + lstm + h * n_out
+    if not cfg.band_width:
+        return dft + proj + lstm + h * n_out
+    w, hs = cfg.band_width, cfg.band_hidden
+    band_in = 3 * w + cfg.band_context + cfg.band_embed
+    band = 4 * hs * (band_in + hs) + (cfg.band_layers - 1) * 4 * hs * (2 * hs)
+    lp = cfg.bands * hs * 2 * w * cfg.lp_taps + 4 * cfg.lp_taps * cfg.bins  # coefficients, complex products
+    return dft + proj + lstm + h * cfg.bands * cfg.band_context + cfg.bands * (band + hs * 2 * w) + lp

@@ -6,8 +6,12 @@ For each example the ideal mask of each family is computed from the target (earl
 applied to the mixture; the table gives mean SI-SDR against the early-50 target and the direct path
 per RT60 bin. It tells what an architecture could reach at best, before any training.
 
-Families: a real mask in [0, 1] (magnitude masking, mixture phase), and complex masks whose
-magnitude is bounded by 1, 2 or 4 (phase corrected).
+Families: a real mask in [0, 1] (magnitude masking, mixture phase), complex masks whose
+magnitude is bounded by 1, 2 or 4 (phase corrected), and per-bin linear prediction from past frames
+(``Y(t) = X(t) - sum_k g_k X(t - delay - k)``, the structure of WPE) with the least-squares filter of
+each example: what a model that predicts the late reverberation from the complex past and subtracts
+it could reach, with an ideal filter that stays fixed over the example; alone, and followed by the
+ideal real mask.
 """
 
 from __future__ import annotations
@@ -47,7 +51,36 @@ def oracle_masks(mix: np.ndarray, early: np.ndarray, cfg: ModelConfig) -> dict[s
     out = {"real [0,1]": np.clip(np.abs(g), 0, 1) * m_spec}
     for bound in (1, 2, 4):
         out[f"complex |m|<={bound}"] = g / np.maximum(1.0, np.abs(g) / bound) * m_spec
+    for taps in LP_TAPS:
+        lp = m_spec - _lp_estimate(m_spec, e_spec, LP_DELAY, taps)
+        out[f"LP {taps} taps"] = lp
+        gl = e_spec / (lp + 1e-12)
+        out[f"LP {taps} + real mask"] = np.clip(np.abs(gl), 0, 1) * lp
     return {k: istft(v, inv, len(mix), cfg.win, cfg.hop) for k, v in out.items()}
+
+
+# Linear prediction: the late part starts 50 ms after the direct sound, 3 hops of 16 ms; the filter
+# spans taps hops before that.
+LP_DELAY = 3
+LP_TAPS = (10, 30)
+
+
+def _lp_estimate(m_spec: np.ndarray, e_spec: np.ndarray, delay: int, taps: int) -> np.ndarray:
+    """Least-squares per-bin prediction [frames, F] of the non-target part (mixture - target) of each
+    frame from the mixture frames ``delay`` .. ``delay + taps - 1`` hops before it."""
+    frames, bins = m_spec.shape
+    past = np.zeros((frames, taps, bins), complex)
+    for k in range(taps):
+        lag = delay + k
+        if lag < frames:
+            past[lag:, k] = m_spec[: frames - lag]
+    resid = m_spec - e_spec
+    est = np.zeros_like(m_spec)
+    for f in range(bins):
+        a = past[:, :, f]
+        g, *_ = np.linalg.lstsq(a, resid[:, f], rcond=None)
+        est[:, f] = a @ g
+    return est
 
 
 def main(argv: list[str] | None = None) -> int:

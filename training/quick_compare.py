@@ -1,11 +1,18 @@
 """Short side-by-side training runs for choosing between model/loss variants (docs/model.md).
 
     python -m training.quick_compare complex-snr --steps 400
-    python -m training.quick_compare complex-spectral | magnitude-snr | complex-ema-snr
+    python -m training.quick_compare complex-spectral | magnitude-snr | complex-ema-snr | subband-spectral | subband-snr
+    python -m training.quick_compare subband-lp-spectral
 
 Each run: seed 0, batch 16 of fresh 4 s training examples (seed 7), Adam 1e-3, one thread; every 100
 steps it prints the mean SI-SDR gain against the early-50 target on 64 validation examples with
 RT60 >= 0.4 s (from the zero state). Weak evidence by design: a few minutes per variant.
+
+    python -m training.quick_compare --cost
+
+prints, for every variant side by side in one run, its parameters, multiply-adds per second and the
+median onnxruntime time of one 16 ms hop (one thread, one channel, random weights: the cost does not
+depend on the weights), as a fraction of the hop (real-time factor).
 """
 
 from __future__ import annotations
@@ -24,17 +31,25 @@ VARIANTS = {
     "complex-spectral": ({}, True),
     "magnitude-snr": ({"mask": "magnitude"}, False),
     "complex-ema-snr": ({"ema_seconds": (0.1, 0.4, 1.6)}, False),
+    "subband-spectral": ({"band_width": 8, "layers": 1}, True),
+    "subband-snr": ({"band_width": 8, "layers": 1}, False),
+    "subband-lp-spectral": ({"band_width": 8, "layers": 1, "lp_taps": 10}, True),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.quick_compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("variant", choices=sorted(VARIANTS))
+    parser.add_argument("variant", nargs="?", choices=sorted(VARIANTS))
+    parser.add_argument("--cost", action="store_true", help="print every variant's size and speed instead")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--corpus", default="/work/data/corpus")
     parser.add_argument("--rooms", default="/work/data/rooms")
     args = parser.parse_args(argv)
+    if args.cost:
+        return _costs()
+    if args.variant is None:
+        parser.error("give a variant, or --cost")
     kw, spectral = VARIANTS[args.variant]
     torch.set_num_threads(1)
     train = ReverbDataset(args.corpus, args.rooms, "train", 4.0, length=args.steps * 16, seed=7)
@@ -61,6 +76,51 @@ def main(argv: list[str] | None = None) -> int:
                 o, r = model.enhance(vb["mixture"])[:, lat:], vb["early"][:, :-lat]
                 gain = float((si_sdr_db(o, r) - si_sdr_db(vb["mixture"][:, :-lat], r)).mean())
             print(f"{args.variant} step {step + 1}: gain {gain:+.3f} dB ({time.time() - t0:.0f} s)", flush=True)
+    return 0
+
+
+def _costs(rounds: int = 2000) -> int:
+    """Size and onnxruntime speed of every variant (see module docstring)."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from export.onnx_export import export_onnx
+    from training.model import count_parameters, macs_per_hop
+
+    so = ort.SessionOptions()  # the runtime's settings (stream.model.StepModel.load), one thread
+    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+
+    sessions = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (kw, _) in VARIANTS.items():
+            if name.endswith("-spectral") and (name.replace("-spectral", "-snr") in VARIANTS):
+                continue  # same architecture as its -snr twin
+            model = MaskLSTM(ModelConfig(**kw)).eval()
+            path = Path(tmp) / f"{name}.onnx"
+            export_onnx(model, path)
+            sessions[name] = (model, ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]))
+        # Interleaved rounds, so a noisy neighbour hits every variant alike.
+        times: dict[str, list[float]] = {k: [] for k in sessions}
+        states = {k: {n: v.numpy() for n, v in m.initial_state(1).items()} for k, (m, _) in sessions.items()}
+        x = (np.random.default_rng(0).standard_normal((1, 256)) * 0.05).astype(np.float32)
+        for _ in range(rounds):
+            for k, (m, sess) in sessions.items():
+                names = m.state_names
+                t = time.perf_counter()
+                outs = sess.run(None, {"audio": x, **states[k]})
+                times[k].append(time.perf_counter() - t)
+                states[k] = dict(zip(names, outs[1:]))
+    print("| variant | params | M MAC/s | median ms per 16 ms hop | RTF |")
+    print("|---|---|---|---|---|")
+    for k, (model, _) in sessions.items():
+        cfg = model.cfg
+        med = float(np.median(times[k][rounds // 10 :]))
+        print(f"| {k} | {count_parameters(model) / 1e6:.2f} M | {macs_per_hop(cfg) * cfg.sample_rate / cfg.hop / 1e6:.0f} "
+              f"| {med * 1e3:.3f} | {med / (cfg.hop / cfg.sample_rate):.4f} |")
     return 0
 
 

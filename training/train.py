@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from training.config import TrainConfig, load_config
-from training.model import MaskLSTM, count_parameters
+from training.model import RECURRENT, MaskLSTM, count_parameters
 
 
 def snr_db(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8, max_db: float | None = None) -> torch.Tensor:
@@ -78,7 +78,7 @@ def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig, start: dict[str
     target shifted by the same amount; the first samples (filter warm-up) are excluded. ``start``
     (state name -> tensor, batch on the channel axis) is the state the step starts from (default:
     zeros); carried-state training passes the rest state with the previous example's LSTM state.
-    Returns (loss, per-example SI-SDR of output vs target, final (lstm_h, lstm_c)).
+    Returns (loss, per-example SI-SDR of output vs target, final recurrent states by name).
     """
     mix = batch["mixture"]
     target = batch[cfg.loss.target]
@@ -90,7 +90,8 @@ def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig, start: dict[str
     loss = -snr_db(out, ref, max_db=cfg.loss.snr_max_db).mean()
     if cfg.loss.spectral_db_weight > 0:
         loss = loss + cfg.loss.spectral_db_weight * spectral_db(out, ref).mean()
-    return loss, si_sdr_db(out.detach(), ref), (res["lstm_h"].detach(), res["lstm_c"].detach())
+    carried = {k: res[k].detach() for k in model.state_names if k in RECURRENT}
+    return loss, si_sdr_db(out.detach(), ref), carried
 
 
 # Validation figure that selects best.pt: SI-SDR gain on examples with RT60 >= 0.4 s.
@@ -201,20 +202,18 @@ def train(cfg: TrainConfig) -> Path:
             # Carried-state training: each batch slot starts from the LSTM state the previous (unrelated)
             # example left behind, so the model must cope with any history, as it does when streaming
             # for hours, instead of relying on counters that start at zero with every 4 s segment.
-            start = carried if cfg.optim.carry_state and carried is not None and \
-                carried[0].shape[1] == batch["mixture"].shape[0] else None
             b = batch["mixture"].shape[0]
+            start = carried if cfg.optim.carry_state and carried is not None and \
+                carried["lstm_h"].shape[1] == b else None
             if step % 10 == 0 or rest is None or rest["lstm_h"].shape[1] != b:
                 model.eval()
                 rest = model.rest_state(b, cfg.optim.rest_seconds)
                 model.train()
             if start is not None and cfg.optim.state_reset_prob > 0:
                 # Some slots start from the rest state instead, as every stream does at run time.
-                fresh = (torch.rand(b) < cfg.optim.state_reset_prob)[None, :, None]
-                start = (torch.where(fresh, rest["lstm_h"], start[0]), torch.where(fresh, rest["lstm_c"], start[1]))
-            elif start is None:
-                start = (rest["lstm_h"], rest["lstm_c"])
-            loss, sdr, carried = compute_loss(model, batch, cfg, {**rest, "lstm_h": start[0], "lstm_c": start[1]})
+                fresh = torch.rand(b) < cfg.optim.state_reset_prob
+                start = {k: torch.where(fresh.reshape(1, b, *([1] * (v.dim() - 2))), rest[k], v) for k, v in start.items()}
+            loss, sdr, carried = compute_loss(model, batch, cfg, {**rest, **(start or {})})
             step += 1
             opt.zero_grad(set_to_none=True)
             loss.backward()

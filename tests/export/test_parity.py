@@ -11,10 +11,16 @@ from export.onnx_export import export_checkpoint, parity  # noqa: E402
 from training.model import MaskLSTM, ModelConfig  # noqa: E402
 
 
-@pytest.fixture(scope="module", params=[(), (0.05, 0.5)], ids=["plain", "ema"])
+@pytest.fixture(scope="module", params=[{}, {"ema_seconds": (0.05, 0.5)}, {"band_width": 8, "band_hidden": 16},
+                        {"band_width": 8, "band_hidden": 16, "lp_taps": 4}],
+                ids=["plain", "ema", "subband", "subband-lp"])
 def exported(tmp_path_factory, request):
     torch.manual_seed(1)
-    model = MaskLSTM(ModelConfig(hidden=48, ema_seconds=request.param)).eval()
+    model = MaskLSTM(ModelConfig(hidden=48, **request.param)).eval()
+    with torch.no_grad():
+        model.mask.weight.normal_(0, 0.5)  # zero at init (pass-through): make the output depend on the LSTMs
+        if model.cfg.lp_taps:
+            model.lp.weight.normal_(0, 0.1)
     d = tmp_path_factory.mktemp("exp")
     torch.save({"model_config": model.cfg.to_dict(), "model": model.state_dict()}, d / "m.pt")
     card = export_checkpoint(d / "m.pt", d / "m.onnx")

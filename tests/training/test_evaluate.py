@@ -138,3 +138,37 @@ def test_warmup_prepends_context_and_scores_the_same_segment(data: tuple[Path, P
             tail = slice(int(0.1 * SR), None)  # the 50 ms early RIR has no influence beyond 0.1 s
             np.testing.assert_allclose(a[tail], b[tail] * (np.dot(a[tail], b[tail]) / np.dot(b[tail], b[tail])),
                                        atol=1e-4)
+
+
+def _summary(ours_early: float, wpe_pesq: float) -> dict:
+    row = {"d_si_sdr_direct": 2.5, "d_si_sdr_early": ours_early, "pesq": 2.0, "d_pesq": 0.4, "estoi": 0.8,
+           "dnsmos_ovrl": 2.5, "d_dnsmos_ovrl": 0.5, "dnsmos_sig": 3.0, "dnsmos_bak": 3.5}
+    wpe = {**row, "d_si_sdr_direct": 0.1, "d_si_sdr_early": 0.1, "pesq": wpe_pesq, "estoi": 0.7,
+           "dnsmos_ovrl": 2.0, "dnsmos_sig": 2.5, "dnsmos_bak": 3.0}
+    bins = {g: {"ours": dict(row), "wpe_online": dict(wpe), "wpe_offline": dict(wpe)}
+            for g in ("rt60 0.4-0.8", "rt60>0.8")}
+    short = {"ours": {"d_si_sdr_direct": 0.0, "d_si_sdr_early": -0.6, "d_pesq": 0.0, "d_dnsmos_ovrl": 0.0,
+                      "dnsmos_sig": 3.0, "dnsmos_bak": 3.9},
+             "unprocessed": {"dnsmos_sig": 3.0, "dnsmos_bak": 4.0}}
+    return {**bins, "rt60<0.3": short, "dry": {"ours": {"si_sdr_input": 25.0}},
+            "music": {"ours": {"d_si_sdr_early": 0.1}}}
+
+
+def test_check_targets_known_cases() -> None:
+    rows = {r["target"]: r for r in E.check_targets(_summary(ours_early=5.5, wpe_pesq=1.5))}
+    assert rows["rt60 0.4-0.8: dSI-SDR vs early-50 (dB)"]["met"] is True
+    assert rows["rt60>0.8: dSI-SDR vs early-50 (dB)"]["met"] is False  # 5.5 < 6
+    assert rows["rt60 0.4-0.8: pesq minus the better WPE"]["value"] == pytest.approx(0.5)
+    assert rows["rt60<0.3: change of si_sdr_early"]["met"] is False  # -0.6 < -0.5
+    # Without a paired delta the change is the difference of the means: 3.9 - 4.0.
+    assert rows["rt60<0.3: change of dnsmos_bak"]["value"] == pytest.approx(-0.1)
+    assert rows["rt60<0.3: change of dnsmos_bak"]["met"] is False
+    assert rows["rt60<0.3: change of dnsmos_sig"]["met"] is True
+    assert rows["music: dSI-SDR vs early-50 (dB)"]["met"] is True
+    # WPE better on one metric: that row, and only that row of the comparison, fails.
+    worse = {r["target"]: r for r in E.check_targets(_summary(ours_early=5.5, wpe_pesq=2.1))}
+    failed = [t for t, r in worse.items() if "WPE" in t and not r["met"]]
+    assert failed == ["rt60 0.4-0.8: pesq minus the better WPE", "rt60>0.8: pesq minus the better WPE"]
+    # A missing group is reported as unknown, not as met.
+    assert all(r["met"] is None for r in E.check_targets({}))
+    assert "**no**" in E.targets_table(_summary(ours_early=1.0, wpe_pesq=1.5))

@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from training.config import load_config  # noqa: E402
-from training.model import MaskLSTM, ModelConfig  # noqa: E402
+from training.model import MaskLSTM, ModelConfig, count_parameters  # noqa: E402
 from training.train import si_sdr_db, snr_db  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,12 +51,18 @@ def test_default_config_loads_and_rejects_unknown_keys(tmp_path):
     assert over.optim.epochs == 3
 
 
-@pytest.mark.parametrize("mask, ema", [("complex", ()), ("magnitude", ()), ("complex", (0.05, 0.5))])
-def test_step_in_pieces_equals_whole(mask, ema):
+@pytest.mark.parametrize("mask, extra", [("complex", {}), ("magnitude", {}), ("complex", {"ema_seconds": (0.05, 0.5)}),
+                                         ("complex", {"band_width": 8, "band_hidden": 16}),
+                                         ("complex", {"band_width": 8, "band_hidden": 16, "lp_taps": 4})])
+def test_step_in_pieces_equals_whole(mask, extra):
     torch.manual_seed(0)
-    m = MaskLSTM(ModelConfig(hidden=32, mask=mask, ema_seconds=ema)).eval()
+    m = MaskLSTM(ModelConfig(hidden=32, mask=mask, **extra)).eval()
     x = torch.randn(2, 256 * 12) * 0.1
     with torch.no_grad():
+        # The mask layer starts at zero (pass-through); randomise it so the output depends on every state.
+        m.mask.weight.normal_(0, 0.5)
+        if extra.get("lp_taps"):
+            m.lp.weight.normal_(0, 0.1)
         whole = m.enhance(x)
         st = m.initial_state(2)
         state = [st[k] for k in m.state_names]
@@ -76,3 +82,12 @@ def test_complex_mask_never_amplifies_a_bin():
         y = m.enhance(x)
     # Bin-wise |m| < 1 bounds the output energy by the input energy (Parseval over the frames).
     assert float((y**2).sum()) <= float((x**2).sum()) * 1.001
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "training/configs").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_builds_its_model(path):
+    cfg = load_config(path)
+    model = MaskLSTM(cfg.model)
+    # The project's budget: causal, at most 2 M parameters, at most 32 ms algorithmic latency at 16 kHz.
+    assert count_parameters(model) <= 2_000_000
+    assert cfg.model.step_latency + cfg.model.hop - 1 <= 0.032 * cfg.model.sample_rate
