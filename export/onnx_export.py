@@ -37,23 +37,26 @@ def load_checkpoint(path: str | Path) -> tuple[MaskLSTM, dict]:
     return model, ckpt
 
 
-def state_shapes(cfg: ModelConfig) -> dict[str, dict]:
-    """Card entry per state: shape with the symbolic 'channels' axis, and what it holds."""
-    return {
-        "analysis": {"shape": ["channels", cfg.hop], "holds": "previous input hop (analysis window history)"},
-        "ola": {"shape": ["channels", cfg.hop], "holds": "overlap-add tail of the last synthesis frame"},
-        "lstm_h": {"shape": [cfg.layers, "channels", cfg.hidden], "holds": "LSTM hidden state"},
-        "lstm_c": {"shape": [cfg.layers, "channels", cfg.hidden], "holds": "LSTM cell state"},
-        **({"ema": {"shape": ["channels", len(cfg.ema_seconds), cfg.bins],
-                    "holds": f"per-bin exponential averages of past power, time constants {list(cfg.ema_seconds)} s"}}
-           if cfg.ema_seconds else {}),
-        **({f"band_{x}": {"shape": [cfg.band_layers, "channels", cfg.bands, cfg.band_hidden],
-                          "holds": f"sub-band LSTM {name} state, one per band of {cfg.band_width} bins"}
-            for x, name in (("h", "hidden"), ("c", "cell"))} if cfg.band_width else {}),
-        **({"spec_past": {"shape": ["channels", cfg.lp_frames, 2 * cfg.bins],
-                          "holds": f"spectra (re then im) of the last {cfg.lp_frames} frames, for the linear prediction"}}
-           if cfg.lp_taps else {}),
+def state_shapes(model: MaskLSTM) -> dict[str, dict]:
+    """Card entry per state: its shape, taken from the model's own initial state with the channel axis
+    named 'channels', and what it holds."""
+    cfg = model.cfg
+    holds = {
+        "analysis": "previous input hop (analysis window history)",
+        "ola": "overlap-add tail of the last synthesis frame",
+        "lstm_h": "LSTM hidden state",
+        "lstm_c": "LSTM cell state",
+        "ema": f"per-bin exponential averages of past power, time constants {list(cfg.ema_seconds)} s",
+        "band_h": f"sub-band LSTM hidden state, one per band of {cfg.band_width} bins",
+        "band_c": f"sub-band LSTM cell state, one per band of {cfg.band_width} bins",
+        "spec_past": f"spectra (re then im) of the last {cfg.lp_frames} frames, for the linear prediction",
     }
+    out = {}
+    for name, tensor in model.initial_state(1).items():
+        shape: list[int | str] = list(tensor.shape)
+        shape[1 if name in RECURRENT else 0] = "channels"
+        out[name] = {"shape": shape, "holds": holds[name]}
+    return out
 
 
 def export_onnx(model: MaskLSTM, path: Path) -> None:
@@ -143,7 +146,7 @@ def build_card(model: MaskLSTM, ckpt: dict, name: str, metrics: dict | None,
         "algorithmic_latency_samples": cfg.step_latency + cfg.hop - 1,
         "algorithmic_latency_ms": round(1000 * (cfg.step_latency + cfg.hop - 1) / cfg.sample_rate, 3),
         "inputs": {"audio": {"shape": ["channels", "samples"], "dtype": "float32", "note": "samples = n * hop"}},
-        "states": state_shapes(cfg),
+        "states": state_shapes(model),
         "model_config": cfg.to_dict(),
         "parameters": count_parameters(model),
         "macs_per_second": macs_per_hop(cfg) * cfg.sample_rate // cfg.hop,

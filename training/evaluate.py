@@ -496,9 +496,9 @@ def check_targets(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[st
         a, b = get(group, "ours", key), get(group, "unprocessed", key)
         return None if a is None or b is None else a - b
 
-    def add(target: str, value: float | None, bar: float, text: str | None = None) -> None:
-        rows.append({"target": target, "value": value, "bar": text or f">= {bar:+.2f}",
-                     "met": None if value is None else bool(value >= bar)})
+    def add(target: str, value: float | None, bar: float, text: str | None = None, strict: bool = False) -> None:
+        met = None if value is None else bool(value > bar if strict else value >= bar)
+        rows.append({"target": target, "value": value, "bar": text or f">= {bar:+.2f}", "met": met})
 
     mid, high = RT60_BINS[1][0], RT60_BINS[2][0]
     for group, bar_e, bar_d in ((mid, 5.0, 2.0), (high, 6.0, 3.0)):
@@ -511,9 +511,7 @@ def check_targets(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[st
             ours = get(group, "ours", key)
             wpe = [get(group, w, key) for w in ("wpe_online", "wpe_offline")]
             margin = None if ours is None or None in wpe else ours - max(wpe)  # type: ignore[type-var]
-            add(f"{group}: {key} minus the better WPE", margin, 0.0, "> 0")
-            if margin is not None:
-                rows[-1]["met"] = margin > 0
+            add(f"{group}: {key} minus the better WPE", margin, 0.0, "> 0", strict=True)
     add("dry: SI-SDR of output vs input (dB)", get("dry", "ours", "si_sdr_input"), 20.0, ">= 20")
     for key, bar in (("si_sdr_direct", -0.5), ("si_sdr_early", -0.5), ("pesq", -0.05), ("dnsmos_ovrl", -0.05),
                      ("dnsmos_sig", -0.05), ("dnsmos_bak", -0.05)):

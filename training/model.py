@@ -240,6 +240,7 @@ class MaskLSTM(nn.Module):
             the same order).
         """
         analysis, ola, lstm_h, lstm_c = states[:4]
+        named = dict(zip(self.state_names[4:], states[4:]))  # the optional states, by name
         hop = self.cfg.hop
         batch = audio.shape[0]
         buf = torch.cat([analysis, audio], dim=1).reshape(batch, -1, hop)  # [B, n+1, hop]
@@ -258,7 +259,7 @@ class MaskLSTM(nn.Module):
             # Late reverberation is, per bin, a decaying echo of past power (the classic late-reverb PSD
             # estimate is a delayed, exponentially smoothed power). Averages at a few time constants
             # give the network that history directly instead of making the LSTM learn the integrator.
-            ema = _ema_scan(power, states[4], self.ema_decay)  # [B, K, n, F]
+            ema = _ema_scan(power, named["ema"], self.ema_decay)  # [B, K, n, F]
             ema_feat = torch.log(ema + self.cfg.log_floor) * self.ema_scale[None, :, None] + self.ema_bias[None, :, None]
             feat = torch.cat([feat, ema_feat.transpose(1, 2).flatten(2)], dim=2)
             extra = (ema[:, :, -1],)
@@ -270,7 +271,6 @@ class MaskLSTM(nn.Module):
             # statistical late-reverb estimators model per bin). One full-band LSTM of 256 units must
             # track that history for all 257 bins at once; here a small LSTM shared by all bands tracks
             # each band's own history (FullSubNet's idea), and the full-band LSTM only adds context.
-            named = dict(zip(self.state_names[4:], states[4:]))
             per_bin = torch.stack([feat_log, re * squash, im * squash], dim=-1)
             z, coef, hb, cb = self._bands(per_bin, hidden, named["band_h"], named["band_c"], batch, audio.shape[1] // hop)
             extra = extra + (hb, cb)

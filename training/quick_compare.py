@@ -80,43 +80,43 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _costs(rounds: int = 2000) -> int:
-    """Size and onnxruntime speed of every variant (see module docstring)."""
+    """Size and onnxruntime speed of every architecture among the variants (see module docstring)."""
     import tempfile
     from pathlib import Path
 
     import numpy as np
-    import onnxruntime as ort
 
-    from export.onnx_export import export_onnx
+    from export.onnx_export import export_checkpoint
+    from stream.model import SessionOptions, StepModel
     from training.model import count_parameters, macs_per_hop
 
-    so = ort.SessionOptions()  # the runtime's settings (stream.model.StepModel.load), one thread
-    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-
-    sessions = {}
+    models: dict[str, tuple[MaskLSTM, StepModel]] = {}
+    seen: set[tuple] = set()
     with tempfile.TemporaryDirectory() as tmp:
         for name, (kw, _) in VARIANTS.items():
-            if name.endswith("-spectral") and (name.replace("-spectral", "-snr") in VARIANTS):
-                continue  # same architecture as its -snr twin
+            arch = tuple(sorted(kw.items()))
+            if arch in seen:
+                continue  # the same architecture with another loss
+            seen.add(arch)
             model = MaskLSTM(ModelConfig(**kw)).eval()
-            path = Path(tmp) / f"{name}.onnx"
-            export_onnx(model, path)
-            sessions[name] = (model, ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]))
+            ckpt, path = Path(tmp) / f"{name}.pt", Path(tmp) / f"{name}.onnx"
+            torch.save({"model_config": model.cfg.to_dict(), "model": model.state_dict()}, ckpt)
+            # The runtime's own loader and session settings, one thread; the start state does not
+            # change the cost, so no rest state is computed.
+            export_checkpoint(ckpt, path, rest_seconds=0.0)
+            models[name] = (model, StepModel.load(path, SessionOptions(threads=1)))
         # Interleaved rounds, so a noisy neighbour hits every variant alike.
-        times: dict[str, list[float]] = {k: [] for k in sessions}
-        states = {k: {n: v.numpy() for n, v in m.initial_state(1).items()} for k, (m, _) in sessions.items()}
+        times: dict[str, list[float]] = {k: [] for k in models}
+        states = {k: step.zero_state(1) for k, (_, step) in models.items()}
         x = (np.random.default_rng(0).standard_normal((1, 256)) * 0.05).astype(np.float32)
         for _ in range(rounds):
-            for k, (m, sess) in sessions.items():
-                names = m.state_names
+            for k, (_, step) in models.items():
                 t = time.perf_counter()
-                outs = sess.run(None, {"audio": x, **states[k]})
+                _, states[k] = step.run(x, states[k])
                 times[k].append(time.perf_counter() - t)
-                states[k] = dict(zip(names, outs[1:]))
     print("| variant | params | M MAC/s | median ms per 16 ms hop | RTF |")
     print("|---|---|---|---|---|")
-    for k, (model, _) in sessions.items():
+    for k, (model, _) in models.items():
         cfg = model.cfg
         med = float(np.median(times[k][rounds // 10 :]))
         print(f"| {k} | {count_parameters(model) / 1e6:.2f} M | {macs_per_hop(cfg) * cfg.sample_rate / cfg.hop / 1e6:.0f} "
