@@ -20,6 +20,9 @@ class DataConfig:
     workers: int = 1
     # Augmentation overrides of training.mixing.MixConfig (field name -> value), e.g. level_dbfs = [-30, -20].
     mix: dict = field(default_factory=dict)
+    # Probability that a training example is music (negative: music's share of the corpus duration, ~14 %).
+    # Validation always keeps the corpus's own share.
+    music_share: float = -1.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,9 @@ class OptimConfig:
     rest_seconds: float = 0.0
     # Initialise from this checkpoint's weights (fine-tuning); empty: random initialisation.
     init_from: str = ""
+    # Validation figure that selects best.pt: "si_sdr_gain_reverb_db" (mean SI-SDR gain at RT60 >= 0.4 s)
+    # or "loss" (the validation loss, which also weighs near-dry examples; lower is better).
+    select: str = "si_sdr_gain_reverb_db"
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,14 @@ class LossConfig:
     target: str = "early"
     # Soft ceiling of the per-example SNR in the loss (dB), see ``training.train.snr_db``.
     snr_max_db: float = 30.0
+    # Input-relative ceiling (0: off). With a margin M > 0 each example's ceiling is its *input's* SNR
+    # against the target plus M, clamped to [snr_max_db, snr_cap_max_db]; the spectral terms' floor
+    # follows. Why: with one fixed 30 dB ceiling an example whose input is already 40 dB from the
+    # target (dry speech, a close talker in a small room, music) gains nothing in the loss from staying
+    # above 30 dB, and the model learned to leave a ~25 dB distortion floor on such input, which is
+    # what costs SI-SDR in short rooms and on music (see docs/model.md, "Transparency").
+    snr_cap_margin_db: float = 0.0
+    snr_cap_max_db: float = 50.0
     # Weight of two spectral terms in dB, each the error energy relative to the target's, on
     # power-law compressed (|X|^0.3) spectra: complex, and magnitude only (see training.train).
     spectral_db_weight: float = 0.0

@@ -44,11 +44,14 @@ class ReverbDataset:
         mix: augmentation settings; its sample_rate must match the data (16 kHz).
         kinds: restrict to "speech" and/or "music" (default both, each with its share of
             the corpus duration).
+        music_share: probability that an example is music (None: music's share of the split's
+            duration). Clips within each kind are still drawn in proportion to their duration.
     """
 
     def __init__(self, corpus_dir: str | Path, rooms_dir: str | Path, split: str,
                  segment_seconds: float = 4.0, length: int = 10000, seed: int = 0,
-                 mix: MixConfig = MixConfig(), kinds: tuple[str, ...] = ("speech", "music")) -> None:
+                 mix: MixConfig = MixConfig(), kinds: tuple[str, ...] = ("speech", "music"),
+                 music_share: float | None = None) -> None:
         self.corpus_dir = Path(corpus_dir)
         self.rooms_dir = Path(rooms_dir)
         self.split = split
@@ -69,6 +72,15 @@ class ReverbDataset:
         # is equally likely and music keeps its natural share.
         sec = np.array([r["seconds"] for r in self.clips], np.float64)
         self._clip_p = sec / sec.sum()
+        if music_share is not None:
+            if not 0.0 <= music_share <= 1.0:
+                raise ValueError(f"music_share must be in [0, 1], got {music_share}")
+            is_music = np.array([r["kind"] == "music" for r in self.clips])
+            if is_music.any() and (~is_music).any():
+                # Why a knob: music is ~14 % of the corpus's duration, and the model took sustained
+                # notes for reverberant tails (docs/model.md, "Transparency").
+                w = np.where(is_music, music_share / sec[is_music].sum(), (1.0 - music_share) / sec[~is_music].sum())
+                self._clip_p = sec * w
         self._clip_cache: dict[int, np.ndarray] = {}
         self._rir_cache: dict[int, np.ndarray] = {}
 

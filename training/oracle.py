@@ -12,6 +12,14 @@ magnitude is bounded by 1, 2 or 4 (phase corrected), and per-bin linear predicti
 each example: what a model that predicts the late reverberation from the complex past and subtracts
 it could reach, with an ideal filter that stays fixed over the example; alone, and followed by the
 ideal real mask.
+
+Two adaptive forms of that prediction, which is what a run-time system would have to use:
+
+* WPE with the *target's* power as its PSD (offline, one weighted least-squares filter per
+  example): the best case of DNN-WPE, where a network supplies WPE's PSD estimate;
+* online linear prediction by recursive least squares from a cold start, fitted to the *true*
+  late part (mixture - target) frame by frame: the best case of an adaptive filter driven by a
+  network's estimate of the late reverberation.
 """
 
 from __future__ import annotations
@@ -56,6 +64,8 @@ def oracle_masks(mix: np.ndarray, early: np.ndarray, cfg: ModelConfig) -> dict[s
         out[f"LP {taps} taps"] = lp
         gl = e_spec / (lp + 1e-12)
         out[f"LP {taps} + real mask"] = np.clip(np.abs(gl), 0, 1) * lp
+    out["WPE 10, target PSD"] = m_spec - _wpe_estimate(m_spec, np.abs(e_spec) ** 2, LP_DELAY, 10)
+    out["RLS LP 10, true late part"] = m_spec - _rls_estimate(m_spec, m_spec - e_spec, LP_DELAY, 10)
     return {k: istft(v, inv, len(mix), cfg.win, cfg.hop) for k, v in out.items()}
 
 
@@ -69,17 +79,60 @@ def _lp_estimate(m_spec: np.ndarray, e_spec: np.ndarray, delay: int, taps: int) 
     """Least-squares per-bin prediction [frames, F] of the non-target part (mixture - target) of each
     frame from the mixture frames ``delay`` .. ``delay + taps - 1`` hops before it."""
     frames, bins = m_spec.shape
-    past = np.zeros((frames, taps, bins), complex)
-    for k in range(taps):
-        lag = delay + k
-        if lag < frames:
-            past[lag:, k] = m_spec[: frames - lag]
+    past = _past(m_spec, delay, taps)
     resid = m_spec - e_spec
     est = np.zeros_like(m_spec)
     for f in range(bins):
         a = past[:, :, f]
         g, *_ = np.linalg.lstsq(a, resid[:, f], rcond=None)
         est[:, f] = a @ g
+    return est
+
+
+def _past(m_spec: np.ndarray, delay: int, taps: int) -> np.ndarray:
+    """Mixture frames t - delay - k for k < taps: [frames, taps, F] (zeros before the start)."""
+    frames, bins = m_spec.shape
+    past = np.zeros((frames, taps, bins), complex)
+    for k in range(taps):
+        lag = delay + k
+        if lag < frames:
+            past[lag:, k] = m_spec[: frames - lag]
+    return past
+
+
+def _wpe_estimate(m_spec: np.ndarray, psd: np.ndarray, delay: int, taps: int) -> np.ndarray:
+    """WPE's prediction [frames, F] with a given PSD [frames, F]: per bin, the filter minimising
+    sum_t |X(t) - g^H x_past(t)|^2 / psd(t) (one weighted least-squares solve per example)."""
+    past = _past(m_spec, delay, taps)
+    psd = np.maximum(psd, 1e-3 * psd.mean(axis=0, keepdims=True) + 1e-20)  # WPE's usual floor
+    est = np.zeros_like(m_spec)
+    for f in range(m_spec.shape[1]):
+        a, w = past[:, :, f], 1.0 / psd[:, f]
+        r = (a.conj().T * w) @ a
+        r += 1e-9 * np.trace(r).real / taps * np.eye(taps)
+        est[:, f] = a @ np.linalg.solve(r, (a.conj().T * w) @ m_spec[:, f])
+    return est
+
+
+def _rls_estimate(m_spec: np.ndarray, late: np.ndarray, delay: int, taps: int, alpha: float = 0.998,
+                  reg: float = 1e-3) -> np.ndarray:
+    """Online prediction [frames, F] of ``late`` [frames, F] from past mixture frames, by per-bin
+    recursive least squares (forgetting factor ``alpha``) from a zero filter: each frame is predicted
+    with the filter fitted to the frames before it, as a streaming system would."""
+    frames, bins = m_spec.shape
+    past = _past(m_spec, delay, taps)
+    scale = np.mean(np.abs(m_spec) ** 2, axis=0) + 1e-20
+    p = np.tile(np.eye(taps, dtype=complex), (bins, 1, 1)) / (reg * scale)[:, None, None]
+    g = np.zeros((bins, taps), complex)
+    est = np.zeros_like(m_spec)
+    for t in range(frames):
+        x = past[t].T  # [F, taps]
+        est[t] = np.einsum("fk,fk->f", g.conj(), x)
+        err = late[t] - est[t]
+        px = np.einsum("fij,fj->fi", p, x)
+        gain = px / (alpha + np.einsum("fi,fi->f", x.conj(), px).real)[:, None]
+        p = (p - gain[:, :, None] * np.einsum("fj,fjm->fm", x.conj(), p)[:, None, :]) / alpha
+        g = g + gain * err.conj()[:, None]
     return est
 
 

@@ -27,10 +27,12 @@ from training.config import TrainConfig, load_config
 from training.model import RECURRENT, MaskLSTM, count_parameters
 
 
-def snr_db(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8, max_db: float | None = None) -> torch.Tensor:
+def snr_db(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8,
+           max_db: float | torch.Tensor | None = None) -> torch.Tensor:
     """Per-example SNR in dB of ``est`` against ``ref`` ([B, T] each).
 
-    With ``max_db`` the SNR is soft-thresholded: 10 log10(|ref|^2 / (|err|^2 + tau |ref|^2)),
+    With ``max_db`` (a number, or one per example [B]) the SNR is soft-thresholded:
+    10 log10(|ref|^2 / (|err|^2 + tau |ref|^2)),
     tau = 10^(-max_db / 10). Why: the gradient of a plain dB loss grows as 1 / |err|^2, so examples
     that are already nearly right (dry input, short rooms) dominate every batch and the reverberant
     ones, the point of the model, get almost no signal. Measured on one batch: plain -SNR did not
@@ -57,17 +59,29 @@ def compressed_spectrum(x: torch.Tensor, power: float = 0.3) -> torch.Tensor:
     return s * s.abs().clamp_min(1e-8) ** (power - 1)
 
 
-def spectral_db(est: torch.Tensor, ref: torch.Tensor, floor_db: float = -30.0) -> torch.Tensor:
+def spectral_db(est: torch.Tensor, ref: torch.Tensor, floor_db: float | torch.Tensor = -30.0) -> torch.Tensor:
     """Per-example error of compressed spectra, complex and magnitude, each in dB relative to the
     target's compressed energy ([B, T] each -> [B]). Why: the time-domain SNR weighs bins by energy,
     so quiet reverb tails (what a listener hears as the room) barely count; power-law compression
-    (as in DeepFilterNet's and GTCRN's losses) gives them weight. ``floor_db`` caps it like the SNR."""
+    (as in DeepFilterNet's and GTCRN's losses) gives them weight. ``floor_db`` (a number, or one per
+    example [B]) caps it like the SNR."""
     so, sr = compressed_spectrum(est), compressed_spectrum(ref)
     energy = (sr.abs() ** 2).sum((-1, -2)) + 1e-8
     tau = 10 ** (floor_db / 10)
     rel_c = ((so - sr).abs() ** 2).sum((-1, -2)) / energy
     rel_m = ((so.abs() - sr.abs()) ** 2).sum((-1, -2)) / energy
     return 10 * torch.log10(rel_c + tau) + 10 * torch.log10(rel_m + tau)
+
+
+def loss_ceiling_db(mix: torch.Tensor, ref: torch.Tensor, cfg: TrainConfig) -> torch.Tensor | float:
+    """Per-example SNR ceiling of the loss (dB): ``loss.snr_max_db``, or with ``loss.snr_cap_margin_db``
+    > 0 the input's own SNR against the target plus the margin, clamped to [snr_max_db, snr_cap_max_db]
+    (mix and ref [B, T], time-aligned; returns [B]). An example whose input is already close to the
+    target is then asked to stay that close (see LossConfig)."""
+    lc = cfg.loss
+    if lc.snr_cap_margin_db <= 0:
+        return lc.snr_max_db
+    return (snr_db(mix, ref).detach() + lc.snr_cap_margin_db).clamp(lc.snr_max_db, lc.snr_cap_max_db)
 
 
 def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig, start: dict[str, torch.Tensor] | None = None):
@@ -87,9 +101,10 @@ def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig, start: dict[str
     res = dict(zip(("audio_out", *model.state_names), model(mix, *(st[k] for k in model.state_names))))
     out = res["audio_out"][:, lat:]
     ref = target[:, : target.shape[1] - lat]
-    loss = -snr_db(out, ref, max_db=cfg.loss.snr_max_db).mean()
+    cap = loss_ceiling_db(mix[:, : target.shape[1] - lat], ref, cfg)
+    loss = -snr_db(out, ref, max_db=cap).mean()
     if cfg.loss.spectral_db_weight > 0:
-        loss = loss + cfg.loss.spectral_db_weight * spectral_db(out, ref).mean()
+        loss = loss + cfg.loss.spectral_db_weight * spectral_db(out, ref, floor_db=-cap).mean()
     carried = {k: res[k].detach() for k in model.state_names if k in RECURRENT}
     return loss, si_sdr_db(out.detach(), ref), carried
 
@@ -98,10 +113,13 @@ def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig, start: dict[str
 SELECT = "si_sdr_gain_reverb_db"
 
 
-def _score(val: dict) -> float:
-    """The selection figure, falling back to the all-example gain when a tiny validation set has no
-    reverberant example."""
-    return val[SELECT] if math.isfinite(val[SELECT]) else val["si_sdr_gain_db"]
+def _score(val: dict, select: str = SELECT) -> float:
+    """The selection figure (higher is better): ``select`` is a key of ``validate``'s result, "loss"
+    being negated. The reverberant gain falls back to the all-example gain when a tiny validation set
+    has no reverberant example."""
+    if select == "loss":
+        return -val["loss"]
+    return val[select] if math.isfinite(val[select]) else val["si_sdr_gain_db"]
 
 
 def save_atomic(obj: dict, path: Path) -> None:
@@ -118,7 +136,8 @@ def make_loaders(cfg: TrainConfig):
     d = cfg.data
     mix = MixConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.mix.items()})
     train = ReverbDataset(d.corpus, d.rooms, "train", segment_seconds=d.segment_seconds,
-                          length=d.train_examples_per_epoch, seed=cfg.optim.seed, mix=mix)
+                          length=d.train_examples_per_epoch, seed=cfg.optim.seed, mix=mix,
+                          music_share=d.music_share if d.music_share >= 0 else None)
     val = ReverbDataset(d.corpus, d.rooms, "val", segment_seconds=d.segment_seconds,
                         length=d.val_examples, seed=cfg.optim.seed + 1, mix=mix)
     # Load clips and RIRs once, before the DataLoader forks: workers share the pages copy-on-write.
@@ -133,13 +152,14 @@ def _collate(items: list[dict]) -> dict:
     keys = ("mixture", "early", "direct")
     batch = {k: torch.from_numpy(np.stack([it[k] for it in items])) for k in keys}
     batch["rt60"] = torch.tensor([float(it.get("rt60", 0.0)) for it in items])
+    batch["is_music"] = torch.tensor([float(it.get("is_music", 0.0)) for it in items])
     return batch
 
 
 @torch.no_grad()
 def validate(model: MaskLSTM, loader, cfg: TrainConfig) -> dict:
     model.eval()
-    gains, losses, rt60 = [], [], []
+    gains, losses, rt60, inputs, music = [], [], [], [], []
     lat = model.cfg.step_latency
     for batch in loader:
         start = model.rest_state(batch["mixture"].shape[0], cfg.optim.rest_seconds)
@@ -147,16 +167,23 @@ def validate(model: MaskLSTM, loader, cfg: TrainConfig) -> dict:
         target = batch[cfg.loss.target]
         sdr_in = si_sdr_db(batch["mixture"][:, : target.shape[1] - lat], target[:, : target.shape[1] - lat])
         gains.append((sdr_out - sdr_in).numpy())
+        inputs.append(sdr_in.numpy())
+        music.append(batch["is_music"].numpy() > 0.5)
         rt60.append(batch["rt60"].numpy())
         losses.append(float(loss))
     model.train()
-    gain, rt = np.concatenate(gains), np.concatenate(rt60)
+    gain, rt, s_in, is_music = (np.concatenate(v) for v in (gains, rt60, inputs, music))
     # The mean over all examples is dominated by dry and short rooms, where the input is already
     # 20-40 dB from the target and any change costs many dB; the reverberant mean is what the
     # model is for, and is what selects best.pt.
-    reverb = gain[rt >= 0.4]
+    # The near-clean mean (input already >= 25 dB from the target: dry speech, close talkers in small
+    # rooms) tells whether the model leaves such input alone, the "no damage" side.
+    def mean(v: np.ndarray) -> float:
+        return float(np.mean(v)) if v.size else float("nan")
+
     return {"loss": float(np.mean(losses)), "si_sdr_gain_db": float(np.mean(gain)),
-            "si_sdr_gain_reverb_db": float(np.mean(reverb)) if reverb.size else float("nan")}
+            "si_sdr_gain_reverb_db": mean(gain[rt >= 0.4]), "si_sdr_gain_clean_db": mean(gain[s_in >= 25.0]),
+            "si_sdr_gain_music_db": mean(gain[is_music])}
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -240,14 +267,14 @@ def train(cfg: TrainConfig) -> Path:
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "epoch": epoch,
-            "best": max(best, _score(val)),
+            "best": max(best, _score(val, cfg.optim.select)),
             "history": history,
             "elapsed_s": elapsed,
             "torch_rng": torch.get_rng_state(),
             "summary": summary,
         }
-        if _score(val) > best:
-            best = _score(val)
+        if _score(val, cfg.optim.select) > best:
+            best = _score(val, cfg.optim.select)
             save_atomic({k: ckpt[k] for k in ("model_config", "model", "summary", "history")}, out / "best.pt")
         save_atomic(ckpt, last)
         if elapsed > cfg.optim.max_minutes * 60:

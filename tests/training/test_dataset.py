@@ -101,6 +101,16 @@ def test_music_share_and_short_clips(data_dirs: tuple[Path, Path]) -> None:
         assert np.sqrt(np.mean(ds[i]["early"][-FS:] ** 2)) > 0
 
 
+def test_music_share_overrides_the_duration_share(data_dirs: tuple[Path, Path]) -> None:
+    corpus, rooms = data_dirs
+    for want, lo, hi in ((0.9, 0.8, 0.98), (0.1, 0.02, 0.2)):  # natural share: 6 of 13.5 s (~0.44)
+        ds = ReverbDataset(corpus, rooms, "train", segment_seconds=1.0, length=100, seed=1, music_share=want)
+        share = np.mean([float(ds[i]["is_music"]) for i in range(100)])
+        assert lo < share < hi, (want, share)
+    with pytest.raises(ValueError, match="music_share"):
+        ReverbDataset(corpus, rooms, "train", music_share=1.5)
+
+
 def test_no_torch_import() -> None:
     import subprocess
 

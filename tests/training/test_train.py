@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 from training.config import load_config  # noqa: E402
 from training.model import MaskLSTM, ModelConfig, count_parameters  # noqa: E402
-from training.train import si_sdr_db, snr_db  # noqa: E402
+from training.train import loss_ceiling_db, si_sdr_db, snr_db  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,6 +32,23 @@ def test_thresholded_snr_keeps_gradients_balanced():
         (-snr_db(est, ref, max_db=max_db).mean()).backward()
         g_good, g_bad = est.grad[0].norm(), est.grad[1].norm()
         assert (g_good < 10 * g_bad) == balanced
+
+
+def test_input_relative_ceiling_follows_the_input():
+    # Near-clean input gets a high ceiling (it must stay near clean), reverberant input keeps the fixed one.
+    ref = torch.randn(3, 8000)
+    mix = ref + torch.stack([1e-3 * torch.randn(8000), 0.03 * torch.randn(8000), torch.randn(8000)])  # 60, ~30, ~0 dB
+    cfg = load_config(ROOT / "training/configs/default.toml")
+    assert loss_ceiling_db(mix, ref, cfg) == cfg.loss.snr_max_db  # off: one number for all
+    on = load_config(ROOT / "training/configs/default.toml", {"loss.snr_cap_margin_db": 10.0, "loss.snr_cap_max_db": 50.0})
+    cap = loss_ceiling_db(mix, ref, on)
+    assert cap[0] == pytest.approx(50.0)  # 60 + 10, clamped
+    assert 38.0 < float(cap[1]) < 42.0  # ~30 + 10
+    assert cap[2] == pytest.approx(30.0)  # ~0 + 10, raised to snr_max_db
+    # The ceiling binds: an output at the input's own 30 dB error scores near its cap minus a few dB,
+    # where a fixed 30 dB ceiling would have given it the same score as a perfect output minus 3 dB.
+    est = mix[1:2]
+    assert float(snr_db(est, ref[1:2], max_db=cap[1:2])) > float(snr_db(est, ref[1:2], max_db=30.0)) + 2.0
 
 
 def test_si_sdr_scale_invariant():
