@@ -287,8 +287,8 @@ def file_mode_reference(aligned: np.ndarray, x: np.ndarray, rate: int, model=Non
     n = min(int(search_seconds * rate), x.shape[0], aligned.shape[0])
 
     def out(p: int, length: int) -> np.ndarray:
-        # At least one whole period of silence first: the live stream's first samples were silence (the
-        # DC blocker primes itself with the first sample it sees).
+        # At least one whole period of silence first: the live stream's first samples were silence, and
+        # the model frames its input in hops, so the lead also sets the sample phase.
         lead = period + p
         return dereverb_array(np.concatenate([np.zeros(lead, np.float32), x[:length]]), rate, model=model)[lead:]
 

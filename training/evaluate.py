@@ -523,7 +523,7 @@ def check_targets(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[st
 def targets_table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
     """Markdown table of :func:`check_targets`."""
     rows = check_targets(summary)
-    lines = ["Targets of issue 3", "", "| target | measured | bar | met |", "|---|---|---|---|"]
+    lines = ["", "Targets of issue 3 (the training issue's bars):", "", "| target | measured | bar | met |", "|---|---|---|---|"]
     for r in rows:
         met = "-" if r["met"] is None else ("yes" if r["met"] else "**no**")
         lines.append(f"| {r['target']} | {_f(r['value'], 3, signed=True)} | {r['bar']} | {met} |")
