@@ -54,11 +54,13 @@ def initial_state(channels: int) -> np.ndarray:
     first sample as large as the sound, and taking it for an offset injected a step of that size,
     decaying with the filter's time constant, into the model's input. On 24 reverberant test
     examples that cost 0.35 dB SI-SDR against early-50 compared with the same model without the
-    blocker; with zero history the gap is 0.04 dB. A priming value estimated from the first block
+    blocker; with zero history the gap is 0.04 dB
+    (``python -m benchmarks.runtime_vs_torch``). A priming value estimated from the first block
     (its mean) fixed that too, but made the output depend on how the input was cut into blocks. The
     price: an offset present from the start now enters as a step and decays over ~0.4 s (a
-    sub-audible 2 Hz transient; measured through the model on the demo clip, an offset of 0.4 full scale
-    leaves the output within 12 % RMS of the offset-free output after 0.5 s).
+    sub-audible 2 Hz transient; through the model on the demo clip, an offset of 0.4 full scale left
+    the output 12 % RMS from the offset-free output after 0.5 s; tests/stream/test_numerics.py holds
+    it under 20 %).
     """
     return np.zeros((channels, 2), np.float64)
 
