@@ -78,8 +78,8 @@ class ModelConfig:
     band_layers: int = 1
     band_context: int = 16
     band_embed: int = 8
-    # Linear prediction of late reverberation (needs band_width; 0: none). The sub-band LSTM also gives,
-    # per bin, ``lp_taps`` complex coefficients g_k, and the mask is applied to
+    # Linear prediction of late reverberation (0: none). The sub-band LSTM (or, without band_width, the
+    # full-band LSTM) also gives, per bin, ``lp_taps`` complex coefficients g_k, and the mask is applied to
     # X(t) - sum_k g_k X(t - lp_delay - k) (frames, so lp_delay = 3 keeps the first 48 ms, the early
     # part, out of the prediction); state "spec_past" holds the frames it needs. See docs/model.md
     # ("What limits the learned models") for why.
@@ -179,11 +179,19 @@ class MaskLSTM(nn.Module):
                 self.lp = nn.Linear(cfg.band_hidden, 2 * w * cfg.lp_taps)
                 nn.init.zeros_(self.lp.weight)
                 nn.init.zeros_(self.lp.bias)
-        elif cfg.lp_taps:
-            raise ValueError("lp_taps needs the sub-band stage (band_width > 0)")
         else:
             self.mask = nn.Linear(cfg.hidden, f if cfg.mask == "magnitude" else 2 * f)
             n_real = f
+            if cfg.lp_taps:
+                if cfg.mask != "complex":
+                    raise ValueError("linear prediction needs the complex mask")
+                if cfg.lp_delay < 1:
+                    raise ValueError("lp_delay must be >= 1 frame (the current frame is not predicted)")
+                # Full-band: the LSTM gives all bins' coefficients at once. Zero at init, so a model
+                # fine-tuned from a mask-only checkpoint starts exactly where that checkpoint was.
+                self.lp = nn.Linear(cfg.hidden, 2 * f * cfg.lp_taps)
+                nn.init.zeros_(self.lp.weight)
+                nn.init.zeros_(self.lp.bias)
         # Start close to pass-through so early training does not destroy the signal: sigmoid(2) = 0.88
         # for the real mask; real part tanh(2) = 0.96, imaginary part 0 for the complex one.
         nn.init.zeros_(self.mask.weight)
@@ -279,6 +287,10 @@ class MaskLSTM(nn.Module):
                 extra = extra + (past,)
         else:
             z = self.mask(hidden)
+            if self.cfg.lp_taps:
+                coef = self.lp(hidden).reshape(batch, hidden.shape[1], 2, self.cfg.lp_taps, f)
+                re, im, past = self._predict(spec, named["spec_past"], coef)
+                extra = extra + (past,)
         if self.cfg.mask == "magnitude":
             mask = torch.sigmoid(z)
             out_re, out_im = re * mask, im * mask
@@ -367,7 +379,8 @@ def macs_per_hop(cfg: ModelConfig) -> int:
     lstm_in = cfg.input_proj or n_feat
     lstm = 4 * h * (lstm_in + h) + (cfg.layers - 1) * 4 * h * (2 * h)
     if not cfg.band_width:
-        return dft + proj + lstm + h * n_out
+        lp = h * 2 * f * cfg.lp_taps + 4 * cfg.lp_taps * f if cfg.lp_taps else 0
+        return dft + proj + lstm + h * n_out + lp
     w, hs = cfg.band_width, cfg.band_hidden
     band_in = 3 * w + cfg.band_context + cfg.band_embed
     band = 4 * hs * (band_in + hs) + (cfg.band_layers - 1) * 4 * hs * (2 * hs)

@@ -2,9 +2,13 @@
 
     python -m training.quick_compare complex-snr --steps 400
     python -m training.quick_compare complex-spectral | magnitude-snr | complex-ema-snr | subband-spectral | subband-snr
-    python -m training.quick_compare subband-lp-spectral
+    python -m training.quick_compare subband-lp-spectral | complex-lp4-spectral
+    python -m training.quick_compare complex-lp4-spectral --init runs/default/best.pt --lr 1e-4
 
-Each run: seed 0, batch 16 of fresh 4 s training examples (seed 7), Adam 1e-3, one thread; every 100
+``--init`` starts from a checkpoint's weights; layers the checkpoint lacks (a new prediction head,
+zero at init) keep their initialisation, so the variant starts exactly at the checkpoint's quality.
+
+Each run: seed 0, batch 16 of fresh 4 s training examples (seed 7), Adam (lr 1e-3 unless --lr), one thread; every 100
 steps it prints the mean SI-SDR gain against the early-50 target on 64 validation examples with
 RT60 >= 0.4 s (from the zero state). Weak evidence by design: a few minutes per variant.
 
@@ -34,6 +38,7 @@ VARIANTS = {
     "subband-spectral": ({"band_width": 8, "layers": 1}, True),
     "subband-snr": ({"band_width": 8, "layers": 1}, False),
     "subband-lp-spectral": ({"band_width": 8, "layers": 1, "lp_taps": 10}, True),
+    "complex-lp4-spectral": ({"lp_taps": 4}, True),
 }
 
 
@@ -43,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("variant", nargs="?", choices=sorted(VARIANTS))
     parser.add_argument("--cost", action="store_true", help="print every variant's size and speed instead")
     parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--init", default="", help="start from this checkpoint's weights (new layers stay as initialised)")
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--corpus", default="/work/data/corpus")
     parser.add_argument("--rooms", default="/work/data/rooms")
     args = parser.parse_args(argv)
@@ -58,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     vb = _collate(items)
     torch.manual_seed(0)
     model = MaskLSTM(ModelConfig(**kw))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    if args.init:
+        missing, unexpected = model.load_state_dict(
+            torch.load(args.init, map_location="cpu", weights_only=True)["model"], strict=False)
+        if unexpected or any(not k.startswith("lp.") for k in missing):
+            parser.error(f"{args.init} does not fit {args.variant}: missing {missing}, unexpected {unexpected}")
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     lat = model.cfg.step_latency
     t0 = time.time()
     for step in range(args.steps):

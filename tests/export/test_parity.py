@@ -12,8 +12,8 @@ from training.model import MaskLSTM, ModelConfig  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=[{}, {"ema_seconds": (0.05, 0.5)}, {"band_width": 8, "band_hidden": 16},
-                        {"band_width": 8, "band_hidden": 16, "lp_taps": 4}],
-                ids=["plain", "ema", "subband", "subband-lp"])
+                        {"band_width": 8, "band_hidden": 16, "lp_taps": 4}, {"lp_taps": 3}],
+                ids=["plain", "ema", "subband", "subband-lp", "fullband-lp"])
 def exported(tmp_path_factory, request):
     torch.manual_seed(1)
     model = MaskLSTM(ModelConfig(hidden=48, **request.param)).eval()

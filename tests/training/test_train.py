@@ -70,7 +70,8 @@ def test_default_config_loads_and_rejects_unknown_keys(tmp_path):
 
 @pytest.mark.parametrize("mask, extra", [("complex", {}), ("magnitude", {}), ("complex", {"ema_seconds": (0.05, 0.5)}),
                                          ("complex", {"band_width": 8, "band_hidden": 16}),
-                                         ("complex", {"band_width": 8, "band_hidden": 16, "lp_taps": 4})])
+                                         ("complex", {"band_width": 8, "band_hidden": 16, "lp_taps": 4}),
+                                         ("complex", {"lp_taps": 3})])
 def test_step_in_pieces_equals_whole(mask, extra):
     torch.manual_seed(0)
     m = MaskLSTM(ModelConfig(hidden=32, mask=mask, **extra)).eval()
@@ -88,6 +89,23 @@ def test_step_in_pieces_equals_whole(mask, extra):
             out, *state = m(x[:, i : i + 256 * 5], *state)
             parts.append(out)
     assert torch.allclose(torch.cat(parts, 1), whole, atol=1e-5)
+
+
+def test_zero_initialised_prediction_changes_nothing():
+    # A full-band prediction head added to a trained mask model must start exactly where that model was,
+    # so a fine-tune from its checkpoint (strict=False for the new head) begins at its quality.
+    torch.manual_seed(0)
+    base = MaskLSTM(ModelConfig(hidden=32)).eval()
+    with torch.no_grad():
+        base.mask.weight.normal_(0, 0.5)
+    lp = MaskLSTM(ModelConfig(hidden=32, lp_taps=3)).eval()
+    missing, unexpected = lp.load_state_dict(base.state_dict(), strict=False)
+    assert set(missing) == {"lp.weight", "lp.bias"} and not unexpected
+    x = torch.randn(1, 256 * 20) * 0.1
+    with torch.no_grad():
+        assert torch.allclose(lp.enhance(x), base.enhance(x), atol=1e-6)
+        lp.lp.weight.normal_(0, 0.1)
+        assert not torch.allclose(lp.enhance(x), base.enhance(x), atol=1e-3)
 
 
 def test_complex_mask_never_amplifies_a_bin():
