@@ -7,7 +7,7 @@ On the first ``count`` reverberant test examples at RT60 >= 0.4 s of ``training.
 (cold start, 6 s), the mean change of SI-SDR against the early-50 target:
 
 * torch: the checkpoint beside the model (``<name>.pt``, weights only) run as one step from the
-  card's rest state, output shifted by the step latency, nothing before or after the model;
+  runtime's start state (the card's rest state), output shifted by the step latency, nothing before or after the model;
 * runtime: ``stream.dereverb_array`` (DC blocker, block buffering, ONNX step, latency alignment).
 
 The two differ only by what the runtime adds around the model; docs/model.md ("Transparency") used
@@ -17,7 +17,6 @@ this to find the DC blocker's cost. Needs torch and the generated test data.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -38,18 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import stream
-    from training.model import MaskLSTM, ModelConfig
+    from export.onnx_export import load_checkpoint
 
     torch.set_num_threads(1)
     onnx_path = Path(args.model)
-    card = json.loads(onnx_path.with_suffix(".json").read_text())
-    ck = torch.load(onnx_path.with_suffix(".pt"), map_location="cpu", weights_only=True)
-    cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ck["model_config"].items()})
-    net = MaskLSTM(cfg).eval()
-    net.load_state_dict(ck["model"])
-    init = net.initial_state(1)
-    rest = {k: torch.tensor(np.asarray(v, np.float32)).reshape(init[k].shape) for k, v in card["rest_state"].items()}
+    net, _ = load_checkpoint(onnx_path.with_suffix(".pt"))
+    cfg = net.cfg
     runtime = stream.StepModel.load(str(onnx_path))
+    rest = {k: torch.from_numpy(v) for k, v in runtime.initial_state(1).items()}  # the stream's start state
     specs = [s for s in plan_examples(EvalConfig(corpus=args.corpus, rooms=args.rooms))
              if s.kind == "reverb" and s.rt60 >= 0.4][: args.count]
     lat, hop = cfg.step_latency, cfg.hop

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from stream.model import StepModel
-from training.model import RECURRENT, MaskLSTM, ModelConfig, count_parameters, macs_per_hop
+from training.model import MaskLSTM, ModelConfig, channel_axis, count_parameters, macs_per_hop
 
 OPSET = 17
 CARD_FORMAT = "dereverb-step-model/1"
@@ -54,7 +54,7 @@ def state_shapes(model: MaskLSTM) -> dict[str, dict]:
     out = {}
     for name, tensor in model.initial_state(1).items():
         shape: list[int | str] = list(tensor.shape)
-        shape[1 if name in RECURRENT else 0] = "channels"
+        shape[channel_axis(name)] = "channels"
         out[name] = {"shape": shape, "holds": holds[name]}
     return out
 
@@ -67,9 +67,8 @@ def export_onnx(model: MaskLSTM, path: Path) -> None:
     args = (torch.randn(2, 3 * cfg.hop) * 0.1, *(state[k] for k in names))
     dynamic = {"audio": {0: "channels", 1: "samples"}, "audio_out": {0: "channels", 1: "samples"}}
     for name in names:
-        axis = 1 if name in RECURRENT else 0
-        dynamic[name] = {axis: "channels"}
-        dynamic[f"{name}_out"] = {axis: "channels"}
+        dynamic[name] = {channel_axis(name): "channels"}
+        dynamic[f"{name}_out"] = {channel_axis(name): "channels"}
     # The tracer warns that LSTM shape checks become constants and that the batch size is fixed:
     # both are false alarms here because h and c are explicit inputs with a symbolic channel axis.
     with torch.no_grad(), warnings.catch_warnings():

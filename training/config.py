@@ -20,9 +20,9 @@ class DataConfig:
     workers: int = 1
     # Augmentation overrides of training.mixing.MixConfig (field name -> value), e.g. level_dbfs = [-30, -20].
     mix: dict = field(default_factory=dict)
-    # Probability that a training example is music (negative: music's share of the corpus duration, ~14 %).
+    # Probability that a training example is music (unset: music's share of the corpus duration, ~14 %).
     # Validation always keeps the corpus's own share.
-    music_share: float = -1.0
+    music_share: float | None = None
 
 
 @dataclass(frozen=True)

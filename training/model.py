@@ -51,6 +51,11 @@ STATE_NAMES: tuple[str, ...] = ("analysis", "ola", "lstm_h", "lstm_c")
 RECURRENT: tuple[str, ...] = ("lstm_h", "lstm_c", "band_h", "band_c")
 
 
+def channel_axis(state: str) -> int:
+    """The channel (batch) axis of a state tensor: 1 for the recurrent states, 0 for the others."""
+    return 1 if state in RECURRENT else 0
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture hyper-parameters (see module docstring for the shapes they give)."""
@@ -172,26 +177,20 @@ class MaskLSTM(nn.Module):
                                      num_layers=cfg.band_layers, batch_first=True)
             self.mask = nn.Linear(cfg.band_hidden, 2 * w)
             n_real = w
-            if cfg.lp_taps:
-                if cfg.lp_delay < 1:
-                    raise ValueError("lp_delay must be >= 1 frame (the current frame is not predicted)")
-                # Zero at init: no prediction until training finds one.
-                self.lp = nn.Linear(cfg.band_hidden, 2 * w * cfg.lp_taps)
-                nn.init.zeros_(self.lp.weight)
-                nn.init.zeros_(self.lp.bias)
         else:
             self.mask = nn.Linear(cfg.hidden, f if cfg.mask == "magnitude" else 2 * f)
             n_real = f
-            if cfg.lp_taps:
-                if cfg.mask != "complex":
-                    raise ValueError("linear prediction needs the complex mask")
-                if cfg.lp_delay < 1:
-                    raise ValueError("lp_delay must be >= 1 frame (the current frame is not predicted)")
-                # Full-band: the LSTM gives all bins' coefficients at once. Zero at init, so a model
-                # fine-tuned from a mask-only checkpoint starts exactly where that checkpoint was.
-                self.lp = nn.Linear(cfg.hidden, 2 * f * cfg.lp_taps)
-                nn.init.zeros_(self.lp.weight)
-                nn.init.zeros_(self.lp.bias)
+        if cfg.lp_taps:
+            if cfg.mask != "complex":
+                raise ValueError("linear prediction needs the complex mask")
+            if cfg.lp_delay < 1:
+                raise ValueError("lp_delay must be >= 1 frame (the current frame is not predicted)")
+            # Coefficients from the layer that gives the mask: per band (sub-band) or for all bins at
+            # once (full-band). Zero at init: no prediction until training finds one, so a model
+            # fine-tuned from a mask-only checkpoint starts exactly where that checkpoint was.
+            self.lp = nn.Linear(self.mask.in_features, n_real * 2 * cfg.lp_taps)
+            nn.init.zeros_(self.lp.weight)
+            nn.init.zeros_(self.lp.bias)
         # Start close to pass-through so early training does not destroy the signal: sigmoid(2) = 0.88
         # for the real mask; real part tanh(2) = 0.96, imaginary part 0 for the complex one.
         nn.init.zeros_(self.mask.weight)
@@ -231,8 +230,7 @@ class MaskLSTM(nn.Module):
         if hops:
             res = self(torch.zeros(1, hops * self.cfg.hop), *(state[k] for k in self.state_names))
             state = dict(zip(self.state_names, res[1:]))
-        axis = {k: 1 for k in RECURRENT}
-        return {k: v.repeat_interleave(batch, dim=axis.get(k, 0)) for k, v in state.items()}
+        return {k: v.repeat_interleave(batch, dim=channel_axis(k)) for k, v in state.items()}
 
     def forward(self, audio: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
         """One streaming step.
@@ -282,15 +280,12 @@ class MaskLSTM(nn.Module):
             per_bin = torch.stack([feat_log, re * squash, im * squash], dim=-1)
             z, coef, hb, cb = self._bands(per_bin, hidden, named["band_h"], named["band_c"], batch, audio.shape[1] // hop)
             extra = extra + (hb, cb)
-            if self.cfg.lp_taps:
-                re, im, past = self._predict(spec, named["spec_past"], coef)
-                extra = extra + (past,)
         else:
             z = self.mask(hidden)
-            if self.cfg.lp_taps:
-                coef = self.lp(hidden).reshape(batch, hidden.shape[1], 2, self.cfg.lp_taps, f)
-                re, im, past = self._predict(spec, named["spec_past"], coef)
-                extra = extra + (past,)
+            coef = self.lp(hidden).reshape(batch, hidden.shape[1], 2, self.cfg.lp_taps, f) if self.cfg.lp_taps else None
+        if coef is not None:
+            re, im, past = self._predict(spec, named["spec_past"], coef)
+            extra = extra + (past,)
         if self.cfg.mask == "magnitude":
             mask = torch.sigmoid(z)
             out_re, out_im = re * mask, im * mask
@@ -378,11 +373,11 @@ def macs_per_hop(cfg: ModelConfig) -> int:
     proj = n_feat * cfg.input_proj
     lstm_in = cfg.input_proj or n_feat
     lstm = 4 * h * (lstm_in + h) + (cfg.layers - 1) * 4 * h * (2 * h)
+    predict = 4 * cfg.lp_taps * f  # the complex products of the prediction
     if not cfg.band_width:
-        lp = h * 2 * f * cfg.lp_taps + 4 * cfg.lp_taps * f if cfg.lp_taps else 0
-        return dft + proj + lstm + h * n_out + lp
+        return dft + proj + lstm + h * n_out + h * n_out * cfg.lp_taps + predict
     w, hs = cfg.band_width, cfg.band_hidden
     band_in = 3 * w + cfg.band_context + cfg.band_embed
     band = 4 * hs * (band_in + hs) + (cfg.band_layers - 1) * 4 * hs * (2 * hs)
-    lp = cfg.bands * hs * 2 * w * cfg.lp_taps + 4 * cfg.lp_taps * cfg.bins  # coefficients, complex products
-    return dft + proj + lstm + h * cfg.bands * cfg.band_context + cfg.bands * (band + hs * 2 * w) + lp
+    coefficients = cfg.bands * hs * 2 * w * cfg.lp_taps
+    return dft + proj + lstm + h * cfg.bands * cfg.band_context + cfg.bands * (band + hs * 2 * w) + coefficients + predict

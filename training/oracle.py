@@ -78,11 +78,10 @@ LP_TAPS = (10, 30)
 def _lp_estimate(m_spec: np.ndarray, e_spec: np.ndarray, delay: int, taps: int) -> np.ndarray:
     """Least-squares per-bin prediction [frames, F] of the non-target part (mixture - target) of each
     frame from the mixture frames ``delay`` .. ``delay + taps - 1`` hops before it."""
-    frames, bins = m_spec.shape
     past = _past(m_spec, delay, taps)
     resid = m_spec - e_spec
     est = np.zeros_like(m_spec)
-    for f in range(bins):
+    for f in range(m_spec.shape[1]):
         a = past[:, :, f]
         g, *_ = np.linalg.lstsq(a, resid[:, f], rcond=None)
         est[:, f] = a @ g

@@ -8,9 +8,9 @@
 ``--init`` starts from a checkpoint's weights; layers the checkpoint lacks (a new prediction head,
 zero at init) keep their initialisation, so the variant starts exactly at the checkpoint's quality.
 
-Each run: seed 0, batch 16 of fresh 4 s training examples (seed 7), Adam (lr 1e-3 unless --lr), one thread; every 100
-steps it prints the mean SI-SDR gain against the early-50 target on 64 validation examples with
-RT60 >= 0.4 s (from the zero state). Weak evidence by design: a few minutes per variant.
+Each run: seed 0, batch 16 of fresh 4 s training examples (seed 7), Adam (lr 1e-3 unless --lr), one
+thread; every 100 steps it prints the mean SI-SDR gain against the early-50 target on 64 validation
+examples with RT60 >= 0.4 s (from the zero state). Weak evidence by design: a few minutes per variant.
 
     python -m training.quick_compare --cost
 

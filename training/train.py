@@ -109,14 +109,10 @@ def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig, start: dict[str
     return loss, si_sdr_db(out.detach(), ref), carried
 
 
-# Validation figure that selects best.pt: SI-SDR gain on examples with RT60 >= 0.4 s.
-SELECT = "si_sdr_gain_reverb_db"
-
-
-def _score(val: dict, select: str = SELECT) -> float:
-    """The selection figure (higher is better): ``select`` is a key of ``validate``'s result, "loss"
-    being negated. The reverberant gain falls back to the all-example gain when a tiny validation set
-    has no reverberant example."""
+def _score(val: dict, select: str) -> float:
+    """The figure that selects best.pt (``optim.select``; higher is better): a key of ``validate``'s
+    result, "loss" being negated. A gain that is undefined (a tiny validation set without such
+    examples) falls back to the all-example gain."""
     if select == "loss":
         return -val["loss"]
     return val[select] if math.isfinite(val[select]) else val["si_sdr_gain_db"]
@@ -137,7 +133,7 @@ def make_loaders(cfg: TrainConfig):
     mix = MixConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.mix.items()})
     train = ReverbDataset(d.corpus, d.rooms, "train", segment_seconds=d.segment_seconds,
                           length=d.train_examples_per_epoch, seed=cfg.optim.seed, mix=mix,
-                          music_share=d.music_share if d.music_share >= 0 else None)
+                          music_share=d.music_share)
     val = ReverbDataset(d.corpus, d.rooms, "val", segment_seconds=d.segment_seconds,
                         length=d.val_examples, seed=cfg.optim.seed + 1, mix=mix)
     # Load clips and RIRs once, before the DataLoader forks: workers share the pages copy-on-write.
@@ -173,14 +169,13 @@ def validate(model: MaskLSTM, loader, cfg: TrainConfig) -> dict:
         losses.append(float(loss))
     model.train()
     gain, rt, s_in, is_music = (np.concatenate(v) for v in (gains, rt60, inputs, music))
-    # The mean over all examples is dominated by dry and short rooms, where the input is already
-    # 20-40 dB from the target and any change costs many dB; the reverberant mean is what the
-    # model is for, and is what selects best.pt.
-    # The near-clean mean (input already >= 25 dB from the target: dry speech, close talkers in small
-    # rooms) tells whether the model leaves such input alone, the "no damage" side.
     def mean(v: np.ndarray) -> float:
         return float(np.mean(v)) if v.size else float("nan")
 
+    # The mean over all examples is dominated by dry and short rooms, where the input is already
+    # 20-40 dB from the target and any change costs many dB; the reverberant mean (RT60 >= 0.4 s) is
+    # what the model is for. The near-clean mean (input already >= 25 dB from the target: dry speech,
+    # close talkers in small rooms) and the music mean tell whether it leaves alone what it should.
     return {"loss": float(np.mean(losses)), "si_sdr_gain_db": float(np.mean(gain)),
             "si_sdr_gain_reverb_db": mean(gain[rt >= 0.4]), "si_sdr_gain_clean_db": mean(gain[s_in >= 25.0]),
             "si_sdr_gain_music_db": mean(gain[is_music])}
@@ -261,20 +256,21 @@ def train(cfg: TrainConfig) -> Path:
             "audio_hours_seen": round((epoch + 1) * len(train_ds) * cfg.data.segment_seconds / 3600, 2),
             "val": val,
         }
+        score = _score(val, cfg.optim.select)
         ckpt = {
             "model_config": cfg.model.to_dict(),
             "model": model.state_dict(),
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "epoch": epoch,
-            "best": max(best, _score(val, cfg.optim.select)),
+            "best": max(best, score),
             "history": history,
             "elapsed_s": elapsed,
             "torch_rng": torch.get_rng_state(),
             "summary": summary,
         }
-        if _score(val, cfg.optim.select) > best:
-            best = _score(val, cfg.optim.select)
+        if score > best:
+            best = score
             save_atomic({k: ckpt[k] for k in ("model_config", "model", "summary", "history")}, out / "best.pt")
         save_atomic(ckpt, last)
         if elapsed > cfg.optim.max_minutes * 60:
