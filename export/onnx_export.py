@@ -50,6 +50,8 @@ def state_shapes(model: MaskLSTM) -> dict[str, dict]:
         "band_h": f"sub-band LSTM hidden state, one per band of {cfg.band_width} bins",
         "band_c": f"sub-band LSTM cell state, one per band of {cfg.band_width} bins",
         "spec_past": f"spectra (re then im) of the last {cfg.lp_frames} frames, for the linear prediction",
+        "time_h": "second-stage (learned time-domain basis) LSTM hidden state",
+        "time_c": "second-stage (learned time-domain basis) LSTM cell state",
     }
     out = {}
     for name, tensor in model.initial_state(1).items():

@@ -48,7 +48,10 @@ from torch import Tensor, nn
 
 STATE_NAMES: tuple[str, ...] = ("analysis", "ola", "lstm_h", "lstm_c")
 # Recurrent states: [layers, channels, ...], channel axis 1 (the others put channels first).
-RECURRENT: tuple[str, ...] = ("lstm_h", "lstm_c", "band_h", "band_c")
+RECURRENT: tuple[str, ...] = ("lstm_h", "lstm_c", "band_h", "band_c", "time_h", "time_c")
+# Layers a model may add to a checkpoint it is initialised from (``init_weights``): each one's output
+# layer starts at zero, so the grown model starts exactly at the checkpoint's quality.
+GROWN_LAYERS: tuple[str, ...] = ("lp.", "time_")
 
 
 def channel_axis(state: str) -> int:
@@ -90,6 +93,14 @@ class ModelConfig:
     # ("What limits the learned models") for why.
     lp_taps: int = 0
     lp_delay: int = 3
+    # Second stage on a learned time-domain basis (0: none), after DTLN: each output frame (after the
+    # inverse DFT, before overlap-add) is encoded by a learned [win -> time_basis] matrix, a one-layer
+    # LSTM of ``time_hidden`` units (state "time_h"/"time_c") gives a sigmoid mask on that code, and a
+    # learned decoder maps the masked code back to a frame *correction* that is added to the frame.
+    # The decoder is zero at init, so a model fine-tuned from a one-stage checkpoint starts exactly
+    # where that checkpoint was. See MaskLSTM.forward for why.
+    time_basis: int = 0
+    time_hidden: int = 128
 
     @property
     def bins(self) -> int:
@@ -110,7 +121,7 @@ class ModelConfig:
     @property
     def state_names(self) -> tuple[str, ...]:
         return (STATE_NAMES + (("ema",) if self.ema_seconds else ()) + (("band_h", "band_c") if self.band_width else ())
-                + (("spec_past",) if self.lp_taps else ()))
+                + (("spec_past",) if self.lp_taps else ()) + (("time_h", "time_c") if self.time_basis else ()))
 
     @property
     def lp_frames(self) -> int:
@@ -191,6 +202,14 @@ class MaskLSTM(nn.Module):
             self.lp = nn.Linear(self.mask.in_features, n_real * 2 * cfg.lp_taps)
             nn.init.zeros_(self.lp.weight)
             nn.init.zeros_(self.lp.bias)
+        if cfg.time_basis:
+            n = cfg.time_basis
+            self.time_enc = nn.Linear(cfg.win, n, bias=False)
+            self.time_norm = nn.LayerNorm(n)
+            self.time_lstm = nn.LSTM(n, cfg.time_hidden, num_layers=1, batch_first=True)
+            self.time_mask = nn.Linear(cfg.time_hidden, n)
+            self.time_dec = nn.Linear(n, cfg.win, bias=False)
+            nn.init.zeros_(self.time_dec.weight)
         # Start close to pass-through so early training does not destroy the signal: sigmoid(2) = 0.88
         # for the real mask; real part tanh(2) = 0.96, imaginary part 0 for the complex one.
         nn.init.zeros_(self.mask.weight)
@@ -219,6 +238,9 @@ class MaskLSTM(nn.Module):
             state["band_c"] = torch.zeros(cfg.band_layers, batch, cfg.bands, cfg.band_hidden)
         if cfg.lp_taps:
             state["spec_past"] = torch.zeros(batch, cfg.lp_frames, 2 * cfg.bins)
+        if cfg.time_basis:
+            state["time_h"] = torch.zeros(1, batch, cfg.time_hidden)
+            state["time_c"] = torch.zeros(1, batch, cfg.time_hidden)
         return state
 
     @torch.no_grad()
@@ -240,7 +262,8 @@ class MaskLSTM(nn.Module):
             states, in ``state_names`` order: analysis, ola [B, hop]; lstm_h, lstm_c [layers, B, hidden];
             with ``ema_seconds``, ema [B, K, F] (per-bin averaged power, linear scale);
             with ``band_width``, band_h, band_c [band_layers, B, bands, band_hidden];
-            with ``lp_taps``, spec_past [B, lp_frames, 2F] (past frames' spectra, re then im).
+            with ``lp_taps``, spec_past [B, lp_frames, 2F] (past frames' spectra, re then im);
+            with ``time_basis``, time_h, time_c [1, B, time_hidden].
         Returns:
             (audio_out [B, n * hop] delayed by ``win - hop`` samples, then each state's new value in
             the same order).
@@ -296,6 +319,16 @@ class MaskLSTM(nn.Module):
             mr, mi = zr * gain, zi * gain
             out_re, out_im = mr * re - mi * im, mr * im + mi * re
         out_frames = torch.cat([out_re, out_im], dim=2) @ self.dft_inverse  # [B, n, win]
+        if self.cfg.time_basis:
+            # A mask on the STFT can only scale and rotate each bin of each frame. A learned basis is not
+            # tied to the DFT's bins, so the second stage can shape what falls between them and across the
+            # frame (DTLN's argument, and the prototype's goal of working on the waveform). It sees the
+            # frame as the first stage left it, normalised per frame (DTLN's instant layer norm), so its
+            # mask does not depend on the level.
+            code = self.time_enc(out_frames)  # [B, n, N]
+            th, (th_out, tc_out) = self.time_lstm(self.time_norm(code), (named["time_h"], named["time_c"]))
+            out_frames = out_frames + self.time_dec(code * torch.sigmoid(self.time_mask(th)))
+            extra = extra + (th_out, tc_out)
         first, second = out_frames[..., :hop], out_frames[..., hop:]
         prev_second = torch.cat([ola.unsqueeze(1), second[:, :-1]], dim=1)
         audio_out = (first + prev_second).reshape(batch, -1)
@@ -360,6 +393,15 @@ def _ema_scan(power: Tensor, ema0: Tensor, decay: Tensor) -> Tensor:
     carry = a[None] ** (idx[None, None, :, None] + 1)  # [1, K, n, 1]
     return out + carry * ema0[:, :, None, :]
 
+
+def init_weights(model: MaskLSTM, weights: dict[str, Tensor]) -> None:
+    """Load a checkpoint's ``weights`` into ``model`` for fine-tuning. Layers the checkpoint lacks are
+    allowed only if they are GROWN_LAYERS (zero output at init); anything else that does not fit raises."""
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or any(not k.startswith(GROWN_LAYERS) for k in missing):
+        raise ValueError(f"checkpoint does not fit this model: missing {missing}, unexpected {unexpected}")
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -374,10 +416,13 @@ def macs_per_hop(cfg: ModelConfig) -> int:
     lstm_in = cfg.input_proj or n_feat
     lstm = 4 * h * (lstm_in + h) + (cfg.layers - 1) * 4 * h * (2 * h)
     predict = 4 * cfg.lp_taps * f  # the complex products of the prediction
+    n, ht = cfg.time_basis, cfg.time_hidden
+    time = (2 * cfg.win * n + 4 * ht * (n + ht) + ht * n) if n else 0
     if not cfg.band_width:
-        return dft + proj + lstm + h * n_out + h * n_out * cfg.lp_taps + predict
+        return dft + proj + lstm + h * n_out + h * n_out * cfg.lp_taps + predict + time
     w, hs = cfg.band_width, cfg.band_hidden
     band_in = 3 * w + cfg.band_context + cfg.band_embed
     band = 4 * hs * (band_in + hs) + (cfg.band_layers - 1) * 4 * hs * (2 * hs)
     coefficients = cfg.bands * hs * 2 * w * cfg.lp_taps
-    return dft + proj + lstm + h * cfg.bands * cfg.band_context + cfg.bands * (band + hs * 2 * w) + coefficients + predict
+    return (dft + proj + lstm + h * cfg.bands * cfg.band_context + cfg.bands * (band + hs * 2 * w) + coefficients
+            + predict + time)

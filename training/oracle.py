@@ -1,12 +1,15 @@
 """Upper bounds of mask families, with the model's own STFT, on held-out examples.
 
     python -m training.oracle [--corpus DIR] [--rooms DIR] [--split val] [--count 96] [--seed 1]
+    python -m training.oracle --eval-set --seed 0     # the evaluation's own reverberant test examples
+    python -m training.oracle --eval-set --seed 0 --framings   # real-mask ceilings for other STFT framings
 
 For each example the ideal mask of each family is computed from the target (early-50 ms) and
 applied to the mixture; the table gives mean SI-SDR against the early-50 target and the direct path
 per RT60 bin. It tells what an architecture could reach at best, before any training.
 
-Families: a real mask in [0, 1] (magnitude masking, mixture phase), complex masks whose
+Families: a real mask in [0, 1] (magnitude masking, mixture phase), as the ideal ratio |E| / |X| and
+as the phase-sensitive Re(E / X) (the least-squares real mask, bin by bin), complex masks whose
 magnitude is bounded by 1, 2 or 4 (phase corrected), and per-bin linear prediction from past frames
 (``Y(t) = X(t) - sum_k g_k X(t - delay - k)``, the structure of WPE) with the least-squares filter of
 each example: what a model that predicts the late reverberation from the complex past and subtracts
@@ -25,6 +28,7 @@ Two adaptive forms of that prediction, which is what a run-time system would hav
 from __future__ import annotations
 
 import argparse
+import warnings
 
 import numpy as np
 
@@ -56,7 +60,10 @@ def oracle_masks(mix: np.ndarray, early: np.ndarray, cfg: ModelConfig) -> dict[s
     fwd, inv = (m.numpy().astype(np.float64) for m in dft_matrices(cfg.win))
     m_spec, e_spec = stft(mix, fwd, cfg.win, cfg.hop), stft(early, fwd, cfg.win, cfg.hop)
     g = e_spec / (m_spec + 1e-12)
-    out = {"real [0,1]": np.clip(np.abs(g), 0, 1) * m_spec}
+    out = {"real [0,1]": np.clip(np.abs(g), 0, 1) * m_spec,
+           # The real mask that minimises each bin's squared error (the phase-sensitive mask): the best
+           # any magnitude mask on the mixture's phase can do, bin by bin.
+           "real [0,1], phase-sensitive": np.clip(np.real(g), 0, 1) * m_spec}
     for bound in (1, 2, 4):
         out[f"complex |m|<={bound}"] = g / np.maximum(1.0, np.abs(g) / bound) * m_spec
     for taps in LP_TAPS:
@@ -143,21 +150,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="val")
     ap.add_argument("--count", type=int, default=96)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--framings", action="store_true",
+                    help="instead: the two ideal real masks under other STFT framings (window/hop), to see "
+                         "whether a finer hop or a longer window would raise the ceiling")
+    ap.add_argument("--eval-set", action="store_true",
+                    help="use the reverberant speech examples of `python -m training.evaluate` (test split, "
+                         "its --count and --seed), where the targets are measured, instead of --split")
     args = ap.parse_args(argv)
     cfg = ModelConfig()
-    ds = ReverbDataset(args.corpus, args.rooms, args.split, segment_seconds=4.0, length=args.count, seed=args.seed)
+    if args.framings:
+        return _framings(args)
     rows: list[tuple[float, str, float, float]] = []
     edge = cfg.win  # skip the first and last window: the ideal masks need whole frames
-    for i in range(len(ds)):
-        item = ds[i]
-        mix, early, direct = (item[k].astype(np.float64) for k in ("mixture", "early", "direct"))
+    for rt60, mix, early, direct in _examples(args):
         sl = slice(edge, len(mix) - edge)
-        rt60 = float(item["rt60"])
         rows.append((rt60, "input", si_sdr(mix[sl], early[sl]), si_sdr(mix[sl], direct[sl])))
         for name, y in oracle_masks(mix, early, cfg).items():
             rows.append((rt60, name, si_sdr(y[sl], early[sl]), si_sdr(y[sl], direct[sl])))
+        # The target itself: its SI-SDR against the direct path is the most that any system that
+        # delivers exactly the early-50 target can score there.
+        rows.append((rt60, "early-50 target itself", np.inf, si_sdr(early[sl], direct[sl])))
     names = list(dict.fromkeys(r[1] for r in rows))
-    print(f"ideal masks on {len(ds)} {args.split} examples (seed {args.seed}); SI-SDR dB vs early-50 / vs direct")
+    where = "evaluation-set reverberant" if args.eval_set else args.split
+    n_ex = sum(r[1] == "input" for r in rows)
+    print(f"ideal masks on {n_ex} {where} examples (seed {args.seed}); SI-SDR dB vs early-50 / vs direct")
     print("| RT60 bin | n | " + " | ".join(names) + " |")
     print("|---|---|" + "---|" * len(names))
     for lo, hi in BINS:
@@ -165,11 +181,68 @@ def main(argv: list[str] | None = None) -> int:
         n = sum(1 for r in sel if r[1] == "input")
         cells = []
         for name in names:
-            e = np.mean([r[2] for r in sel if r[1] == name])
+            e = np.mean([r[2] for r in sel if r[1] == name])  # inf for the target itself
             d = np.mean([r[3] for r in sel if r[1] == name])
             cells.append(f"{e:.1f} / {d:.1f}")
         print(f"| {lo}-{hi if hi < 99 else ''} s | {n} | " + " | ".join(cells) + " |")
     return 0
+
+
+# (window, hop) in samples at 16 kHz: the model's, a finer hop, a shorter window, and a longer window
+# (1024 = 64 ms, which the 32 ms latency budget does not allow; shown for scale).
+FRAMINGS = ((512, 256), (512, 128), (256, 128), (1024, 256))
+
+
+def _framings(args: argparse.Namespace) -> int:
+    """Mean gain (dB, against early-50) of the ratio and phase-sensitive real masks per framing and
+    RT60 bin >= 0.4 s, with scipy's STFT: sqrt-Hann at 50 % overlap, Hann at 75 % (both reconstruct)."""
+    import scipy.signal as ss
+
+    gains: dict[tuple[str, int, int, str], list[float]] = {}
+    for rt60, mix, early, _ in _examples(args):
+        if rt60 < 0.4:
+            continue
+        b = "0.4-0.8 s" if rt60 < 0.8 else "> 0.8 s"
+        for win, hop in FRAMINGS:
+            w = ss.get_window("hann", win)
+            w = np.sqrt(w) if 2 * hop == win else w
+            kw = dict(window=w, nperseg=win, noverlap=win - hop)
+            _, _, x = ss.stft(mix, boundary=None, padded=True, **kw)
+            _, _, e = ss.stft(early, boundary=None, padded=True, **kw)
+            g = e / (x + 1e-12)
+            for name, m in (("ratio", np.clip(np.abs(g), 0, 1)), ("phase-sensitive", np.clip(g.real, 0, 1))):
+                with warnings.catch_warnings():
+                    # istft's NOLA check counts the unpadded edges; the frames scored below are whole.
+                    warnings.simplefilter("ignore", UserWarning)
+                    _, y = ss.istft(m * x, boundary=False, **kw)
+                n = min(len(y), len(early))
+                sl = slice(win, n - win)  # whole frames only, as above
+                gains.setdefault((b, win, hop, name), []).append(si_sdr(y[sl], early[sl]) - si_sdr(mix[sl], early[sl]))
+    print("ideal real masks per framing: mean SI-SDR gain against early-50 (dB)")
+    print("| RT60 bin | window / hop (ms) | ratio mask | phase-sensitive mask |")
+    print("|---|---|---|---|")
+    for b in ("0.4-0.8 s", "> 0.8 s"):
+        for win, hop in FRAMINGS:
+            r, p = (np.mean(gains.get((b, win, hop, k), [np.nan])) for k in ("ratio", "phase-sensitive"))
+            print(f"| {b} | {win / 16:g} / {hop / 16:g} | {r:+.2f} | {p:+.2f} |")
+    return 0
+
+
+def _examples(args: argparse.Namespace):
+    """(rt60, mixture, early, direct) float64 [n] per example, from --split or the evaluation's test set."""
+    if not args.eval_set:
+        ds = ReverbDataset(args.corpus, args.rooms, args.split, segment_seconds=4.0, length=args.count, seed=args.seed)
+        for i in range(len(ds)):
+            item = ds[i]
+            yield (float(item["rt60"]), *(item[k].astype(np.float64) for k in ("mixture", "early", "direct")))
+        return
+    from training.evaluate import EvalConfig, build_example, plan_examples
+
+    ecfg = EvalConfig(corpus=args.corpus, rooms=args.rooms, count=args.count, seed=args.seed)
+    for spec in plan_examples(ecfg):
+        if spec.kind == "reverb":
+            ex = build_example(spec, ecfg.seconds)
+            yield (float(spec.rt60), *(ex[k].astype(np.float64) for k in ("input", "early", "direct")))
 
 
 if __name__ == "__main__":

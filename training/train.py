@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from training.config import TrainConfig, load_config
-from training.model import RECURRENT, MaskLSTM, count_parameters
+from training.model import RECURRENT, MaskLSTM, count_parameters, init_weights
 
 
 def snr_db(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8,
@@ -193,7 +193,8 @@ def train(cfg: TrainConfig) -> Path:
     np.random.seed(cfg.optim.seed)
     model = MaskLSTM(cfg.model)
     if cfg.optim.init_from:
-        model.load_state_dict(torch.load(cfg.optim.init_from, map_location="cpu", weights_only=True)["model"])
+        # A grown model (a new prediction head or second stage) starts at the checkpoint's quality.
+        init_weights(model, torch.load(cfg.optim.init_from, map_location="cpu", weights_only=True)["model"])
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     train_ds, _, train_loader, val_loader = make_loaders(cfg)
     steps_per_epoch = math.ceil(len(train_ds) / cfg.optim.batch_size)

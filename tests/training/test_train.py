@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from training.config import load_config  # noqa: E402
-from training.model import MaskLSTM, ModelConfig, count_parameters  # noqa: E402
+from training.model import MaskLSTM, ModelConfig, count_parameters, init_weights  # noqa: E402
 from training.train import loss_ceiling_db, si_sdr_db, snr_db  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +71,7 @@ def test_default_config_loads_and_rejects_unknown_keys(tmp_path):
 @pytest.mark.parametrize("mask, extra", [("complex", {}), ("magnitude", {}), ("complex", {"ema_seconds": (0.05, 0.5)}),
                                          ("complex", {"band_width": 8, "band_hidden": 16}),
                                          ("complex", {"band_width": 8, "band_hidden": 16, "lp_taps": 4}),
-                                         ("complex", {"lp_taps": 3})])
+                                         ("complex", {"lp_taps": 3}), ("complex", {"time_basis": 32, "time_hidden": 16})])
 def test_step_in_pieces_equals_whole(mask, extra):
     torch.manual_seed(0)
     m = MaskLSTM(ModelConfig(hidden=32, mask=mask, **extra)).eval()
@@ -81,6 +81,8 @@ def test_step_in_pieces_equals_whole(mask, extra):
         m.mask.weight.normal_(0, 0.5)
         if extra.get("lp_taps"):
             m.lp.weight.normal_(0, 0.1)
+        if extra.get("time_basis"):
+            m.time_dec.weight.normal_(0, 0.1)
         whole = m.enhance(x)
         st = m.initial_state(2)
         state = [st[k] for k in m.state_names]
@@ -91,21 +93,23 @@ def test_step_in_pieces_equals_whole(mask, extra):
     assert torch.allclose(torch.cat(parts, 1), whole, atol=1e-5)
 
 
-def test_zero_initialised_prediction_changes_nothing():
-    # A full-band prediction head added to a trained mask model must start exactly where that model was,
-    # so a fine-tune from its checkpoint (strict=False for the new head) begins at its quality.
+@pytest.mark.parametrize("extra, head", [({"lp_taps": 3}, "lp"), ({"time_basis": 32, "time_hidden": 16}, "time_dec")])
+def test_zero_initialised_additions_change_nothing(extra, head):
+    # A prediction head or a second stage added to a trained mask model must start exactly where that
+    # model was, so a fine-tune from its checkpoint (strict=False for the new layers) begins at its quality.
     torch.manual_seed(0)
     base = MaskLSTM(ModelConfig(hidden=32)).eval()
     with torch.no_grad():
         base.mask.weight.normal_(0, 0.5)
-    lp = MaskLSTM(ModelConfig(hidden=32, lp_taps=3)).eval()
-    missing, unexpected = lp.load_state_dict(base.state_dict(), strict=False)
-    assert set(missing) == {"lp.weight", "lp.bias"} and not unexpected
+    grown = MaskLSTM(ModelConfig(hidden=32, **extra)).eval()
+    init_weights(grown, base.state_dict())
+    with pytest.raises(ValueError, match="does not fit"):  # only additions are allowed, not removals
+        init_weights(MaskLSTM(ModelConfig(hidden=32)), grown.state_dict())
     x = torch.randn(1, 256 * 20) * 0.1
     with torch.no_grad():
-        assert torch.allclose(lp.enhance(x), base.enhance(x), atol=1e-6)
-        lp.lp.weight.normal_(0, 0.1)
-        assert not torch.allclose(lp.enhance(x), base.enhance(x), atol=1e-3)
+        assert torch.allclose(grown.enhance(x), base.enhance(x), atol=1e-6)
+        getattr(grown, head).weight.normal_(0, 0.1)
+        assert not torch.allclose(grown.enhance(x), base.enhance(x), atol=1e-3)
 
 
 def test_complex_mask_never_amplifies_a_bin():
