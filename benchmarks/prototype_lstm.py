@@ -11,8 +11,8 @@ MAC/s. This times it with random weights (the cost does not depend on them), one
 * streaming: one sample per call with the state carried, as a live stream at any block size must
   run a per-sample recurrence (timed on a tenth of ``--seconds``);
 
-and the shipped model through the runtime's ONNX step on the same audio length, one thread, in the
-same run. Prints real-time factors (processing time / audio time): above 1 cannot keep up. Needs torch.
+and the shipped model in the same run, as ``dereverb bench`` times it (``stream.bench.time_stream``:
+the engine in 16 ms blocks on 10 s of the bundled speech clip, one thread). Prints real-time factors (processing time / audio time): above 1 cannot keep up. Needs torch.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-
-import numpy as np
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import torch
 
+    from stream.bench import bench_audio, time_stream
     from stream.model import SessionOptions, StepModel
 
     torch.set_num_threads(1)
@@ -52,18 +51,12 @@ def main(argv: list[str] | None = None) -> int:
             head(y)
         streaming = (time.perf_counter() - t) / m * n
     step = StepModel.load(args.model, SessionOptions(threads=1))
-    hop = step.hop
-    audio = (np.random.default_rng(0).standard_normal((1, n // hop * hop)) * 0.05).astype(np.float32)
-    state = step.initial_state(1)
-    t = time.perf_counter()
-    for i in range(0, audio.shape[1], hop):
-        _, state = step.run(audio[:, i : i + hop], state)
-    ours = time.perf_counter() - t
+    ours = time_stream(step, sr, 1, bench_audio(sr, 1, 10.0), step.hop)
     params = sum(p.numel() for p in lstm.parameters()) + sum(p.numel() for p in head.parameters())
     print(f"prototype LSTM 3 x 256, per sample ({params / 1e6:.2f} M parameters, 1.31 M MAC per sample):")
     print(f"  whole {args.seconds:g} s in one call: RTF {whole / args.seconds:.2f}")
     print(f"  streaming, one sample per call:     RTF {streaming / args.seconds:.1f}")
-    print(f"shipped model, one {hop}-sample hop per call (onnxruntime): RTF {ours / args.seconds:.4f}")
+    print(f"shipped model, one {step.hop}-sample block per call (engine + onnxruntime): RTF {ours.rtf:.4f}")
     return 0
 
 

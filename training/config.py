@@ -95,9 +95,29 @@ def _build(cls, table: dict[str, Any]):
     return cls(**kwargs)
 
 
+def _read_table(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The TOML table of ``path``, on top of its ``base`` file (a path relative to it) if it names one:
+    a recipe that differs from another in a few values says only those, so the two cannot drift apart."""
+    path = path.resolve()
+    if path in seen:
+        raise ValueError(f"config base cycle: {' -> '.join(map(str, (*seen, path)))}")
+    table = tomllib.loads(path.read_text())
+    base = table.pop("base", None)
+    return _merge(_read_table(path.parent / base, (*seen, path)), table) if base else table
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, tables merged key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a TOML file into a ``TrainConfig``; ``overrides`` maps 'section.key' to a value."""
-    table = tomllib.loads(Path(path).read_text())
+    """Read a TOML file (and the ``base`` file it names, see ``_read_table``) into a ``TrainConfig``;
+    ``overrides`` maps 'section.key' to a value."""
+    table = _read_table(Path(path))
     for dotted, value in (overrides or {}).items():
         node = table
         *parents, leaf = dotted.split(".")

@@ -68,6 +68,23 @@ def test_default_config_loads_and_rejects_unknown_keys(tmp_path):
     assert over.optim.epochs == 3
 
 
+def test_a_config_says_only_what_differs_from_its_base(tmp_path):
+    (tmp_path / "parent.toml").write_text('out_dir = "runs/p"\n[optim]\nlr = 0.5\nseed = 3\n'
+                                          '[data]\nmix = { anechoic_prob = 0.1, level_dbfs = [-30, -20] }\n')
+    (tmp_path / "child.toml").write_text('base = "parent.toml"\nout_dir = "runs/c"\n[optim]\nseed = 4\n'
+                                         '[data]\nmix = { anechoic_prob = 0.2 }\n')
+    cfg = load_config(tmp_path / "child.toml", {"optim.epochs": 2})
+    assert cfg.out_dir == "runs/c" and cfg.optim.seed == 4 and cfg.optim.epochs == 2
+    assert cfg.optim.lr == 0.5  # inherited
+    assert cfg.data.mix == {"anechoic_prob": 0.2, "level_dbfs": [-30, -20]}  # tables merge key by key
+    (tmp_path / "parent.toml").write_text('base = "child.toml"\n')
+    with pytest.raises(ValueError, match="cycle"):
+        load_config(tmp_path / "child.toml")
+    # The shipped recipes that build on another load with the values they name.
+    music = load_config(ROOT / "training/configs/music.toml")
+    assert music.data.music_share == 0.5 and music.loss.snr_cap_margin_db == 10.0 and music.out_dir == "runs/music"
+
+
 @pytest.mark.parametrize("mask, extra", [("complex", {}), ("magnitude", {}), ("complex", {"ema_seconds": (0.05, 0.5)}),
                                          ("complex", {"band_width": 8, "band_hidden": 16}),
                                          ("complex", {"band_width": 8, "band_hidden": 16, "lp_taps": 4}),
