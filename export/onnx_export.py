@@ -52,6 +52,8 @@ def state_shapes(model: MaskLSTM) -> dict[str, dict]:
         "spec_past": f"spectra (re then im) of the last {cfg.lp_frames} frames, for the linear prediction",
         "time_h": "second-stage (learned time-domain basis) LSTM hidden state",
         "time_c": "second-stage (learned time-domain basis) LSTM cell state",
+        "music_hold": f"music gate's held pass-through share (0 = the model's mask, 1 = pass-through), released "
+                      f"with a {cfg.music_hold_seconds} s time constant",
     }
     out = {}
     for name, tensor in model.initial_state(1).items():
@@ -137,7 +139,8 @@ def build_card(model: MaskLSTM, ckpt: dict, name: str, metrics: dict | None,
         "name": name,
         "version": ckpt.get("version", "0.1.0"),
         "architecture": (f"STFT {cfg.mask}-mask LSTM (sqrt-Hann {cfg.win}/{cfg.hop}, "
-                         f"{cfg.layers} x {cfg.hidden} LSTM, input projection {cfg.input_proj})"),
+                         f"{cfg.layers} x {cfg.hidden} LSTM, input projection {cfg.input_proj}"
+                         + (", music gate" if cfg.music_gate else "") + ")"),
         "sample_rate": cfg.sample_rate,
         "hop": cfg.hop,
         "window": cfg.win,

@@ -1,7 +1,7 @@
 """Where in frequency the runtime's output departs from the target: per-octave error on test examples.
 
     python -m training.band_error --model models/dereverb-lstm-16k.onnx [--kind music] [--min-input-db 10]
-        [--count 96] [--seed 0] [--corpus DIR] [--rooms DIR]
+        [--count 96] [--seed 0] [--corpus DIR] [--rooms DIR] [--dc-blocker-only]
 
 For each example of ``python -m training.evaluate``'s test set (same --count and --seed) of the
 given kind whose input is at least ``--min-input-db`` SI-SDR from the early-50 target (the
@@ -12,6 +12,9 @@ and prints, per octave band (1024-point STFT):
 * out/in: the output's power over the input's in that band (dB; a mask that cuts shows here);
 * err: the band's error energy (output minus the target scaled as SI-SDR scales it) relative to the
   whole scaled target (dB). The bands with the highest err set the example's SI-SDR.
+
+``--dc-blocker-only`` runs only what the runtime does to the audio besides the model (its DC
+blocker, ``stream.dcblock``), to tell the runtime's share of the damage from the model's.
 
 Needs the generated corpus and rooms (not torch). docs/model.md ("Transparency") quotes it.
 """
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--corpus", default="/work/data/corpus")
     ap.add_argument("--rooms", default="/work/data/rooms")
+    ap.add_argument("--dc-blocker-only", action="store_true", help="the runtime's DC blocker alone, no model")
     args = ap.parse_args(argv)
     import stream
     from training.evaluate import EvalConfig, build_example, plan_examples
@@ -69,7 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         x, e = ex["input"].astype(np.float64), ex["early"].astype(np.float64)
         if si_sdr(x, e) < args.min_input_db:
             continue
-        y = np.asarray(stream.dereverb_array(ex["input"], 16000, model=model), np.float64)
+        if args.dc_blocker_only:
+            from stream import dcblock
+
+            y = dcblock.dc_block(ex["input"][None], dcblock.initial_state(1), dcblock.pole(16000))[0][0].astype(np.float64)
+        else:
+            y = np.asarray(stream.dereverb_array(ex["input"], 16000, model=model), np.float64)
         print(f"{spec.clip_id} in room {spec.room_id}: SI-SDR vs early-50 {si_sdr(x, e):.1f} -> {si_sdr(y, e):.1f} dB")
         for lo, hi, share, gain, err in band_table(x, y, e):
             print(f"  {lo:>5}-{hi:<5} Hz  E {share:6.1f}  out/in {gain:+5.1f}  err {err:6.1f}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -125,3 +126,15 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
             node = node.setdefault(p, {})
         node[leaf] = value
     return _build(TrainConfig, table)
+
+
+def config_from_cli(argv: list[str] | None, prog: str, doc: str | None, default: Path) -> TrainConfig:
+    """The ``--config FILE [--set SECTION.KEY=VALUE ...]`` command line every training entry point
+    takes (``--set`` values are TOML literals, e.g. ``--set optim.epochs=2``), loaded."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=default)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value (TOML literal), e.g. --set optim.epochs=2")
+    args = parser.parse_args(argv)
+    overrides = {k: tomllib.loads(f"v = {v}")["v"] for k, _, v in (item.partition("=") for item in args.set)}
+    return load_config(args.config, overrides)

@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((rt60, name, si_sdr(y[sl], early[sl]), si_sdr(y[sl], direct[sl])))
         # The target itself: its SI-SDR against the direct path is the most that any system that
         # delivers exactly the early-50 target can score there.
-        rows.append((rt60, "early-50 target itself", np.inf, si_sdr(early[sl], direct[sl])))
+        # (Against early-50 it is the reference itself: no score, printed as "-".)
+        rows.append((rt60, "early-50 target itself", np.nan, si_sdr(early[sl], direct[sl])))
     names = list(dict.fromkeys(r[1] for r in rows))
     where = "evaluation-set reverberant" if args.eval_set else args.split
     n_ex = sum(r[1] == "input" for r in rows)
@@ -181,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         n = sum(1 for r in sel if r[1] == "input")
         cells = []
         for name in names:
-            e = np.mean([r[2] for r in sel if r[1] == name])  # inf for the target itself
+            e = np.mean([r[2] for r in sel if r[1] == name])
             d = np.mean([r[3] for r in sel if r[1] == name])
-            cells.append(f"{e:.1f} / {d:.1f}")
+            cells.append(f"{e:.1f} / {d:.1f}" if np.isfinite(e) else f"- / {d:.1f}")
         print(f"| {lo}-{hi if hi < 99 else ''} s | {n} | " + " | ".join(cells) + " |")
     return 0
 

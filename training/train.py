@@ -10,7 +10,6 @@ resumes from ``last.pt``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from training.config import TrainConfig, load_config
+from training.config import TrainConfig, config_from_cli
 from training.model import RECURRENT, MaskLSTM, count_parameters, init_weights
 
 
@@ -281,21 +280,8 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=Path("training/configs/default.toml"))
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config value (TOML literal), e.g. --set optim.epochs=2")
-    args = parser.parse_args(argv)
-    import tomllib
-
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key] = tomllib.loads(f"v = {value}")["v"]
-    cfg = load_config(args.config, overrides)
-    best = train(cfg)
-    print(best)
+    cfg = config_from_cli(argv, "python -m training.train", __doc__, Path("training/configs/default.toml"))
+    print(train(cfg))
     return 0
 
 

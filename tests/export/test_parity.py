@@ -13,8 +13,8 @@ from training.model import MaskLSTM, ModelConfig  # noqa: E402
 
 @pytest.fixture(scope="module", params=[{}, {"ema_seconds": (0.05, 0.5)}, {"band_width": 8, "band_hidden": 16},
                         {"band_width": 8, "band_hidden": 16, "lp_taps": 4}, {"lp_taps": 3},
-                        {"time_basis": 32, "time_hidden": 16}],
-                ids=["plain", "ema", "subband", "subband-lp", "fullband-lp", "two-stage"])
+                        {"time_basis": 32, "time_hidden": 16}, {"music_gate": True}],
+                ids=["plain", "ema", "subband", "subband-lp", "fullband-lp", "two-stage", "music-gate"])
 def exported(tmp_path_factory, request):
     torch.manual_seed(1)
     model = MaskLSTM(ModelConfig(hidden=48, **request.param)).eval()
@@ -24,6 +24,9 @@ def exported(tmp_path_factory, request):
             model.lp.weight.normal_(0, 0.1)
         if model.cfg.time_basis:
             model.time_dec.weight.normal_(0, 0.1)
+        if model.cfg.music_gate:  # frames on both sides of the gate's clip points
+            model.music_gate.weight.normal_(0, 2.0)
+            model.music_gate.bias.zero_()
     d = tmp_path_factory.mktemp("exp")
     torch.save({"model_config": model.cfg.to_dict(), "model": model.state_dict()}, d / "m.pt")
     card = export_checkpoint(d / "m.pt", d / "m.onnx")

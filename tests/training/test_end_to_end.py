@@ -66,3 +66,31 @@ threads = 2
     x = (np.random.default_rng(0).standard_normal((48000, 2)) * 0.05).astype(np.float32)
     y = np.concatenate([d.process(x[:1000]), d.process(x[1000:])])
     assert y.shape == x.shape and np.isfinite(y).all() and np.abs(y).max() > 0
+
+    # The music gate on the trained model: only its head trains, the rest stays the checkpoint's.
+    gate_config = tmp_path / "gate.toml"
+    gate_config.write_text(f"""
+base = "{config}"
+out_dir = "{tmp_path / 'gate'}"
+[model]
+music_gate = true
+[data]
+music_share = 0.5
+[optim]
+epochs = 1
+lr = 1e-2
+init_from = "{ckpt}"
+""")
+    _py("-m", "training.gate", "--config", str(gate_config), cwd=ROOT)
+    import torch
+
+    gated = torch.load(tmp_path / "gate" / "best.pt", weights_only=True)
+    base = torch.load(ckpt, weights_only=True)["model"]
+    assert all(torch.equal(gated["model"][k], v) for k, v in base.items())
+    assert not torch.equal(gated["model"]["music_gate.weight"], torch.zeros_like(gated["model"]["music_gate.weight"]))
+    gate_onnx = tmp_path / "gate.onnx"
+    _py("-m", "export", str(tmp_path / "gate" / "best.pt"), "--out", str(gate_onnx), cwd=ROOT)
+    gm = StepModel.load(gate_onnx)
+    assert "music_hold" in {s.name for s in gm.states}
+    y = Dereverberator(gm, sample_rate=16000).process(x[:16000, 0])
+    assert y.shape == (16000,) and np.isfinite(y).all()

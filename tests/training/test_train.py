@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -88,7 +89,8 @@ def test_a_config_says_only_what_differs_from_its_base(tmp_path):
 @pytest.mark.parametrize("mask, extra", [("complex", {}), ("magnitude", {}), ("complex", {"ema_seconds": (0.05, 0.5)}),
                                          ("complex", {"band_width": 8, "band_hidden": 16}),
                                          ("complex", {"band_width": 8, "band_hidden": 16, "lp_taps": 4}),
-                                         ("complex", {"lp_taps": 3}), ("complex", {"time_basis": 32, "time_hidden": 16})])
+                                         ("complex", {"lp_taps": 3}), ("complex", {"time_basis": 32, "time_hidden": 16}),
+                                         ("complex", {"music_gate": True}), ("magnitude", {"music_gate": True})])
 def test_step_in_pieces_equals_whole(mask, extra):
     torch.manual_seed(0)
     m = MaskLSTM(ModelConfig(hidden=32, mask=mask, **extra)).eval()
@@ -100,6 +102,9 @@ def test_step_in_pieces_equals_whole(mask, extra):
             m.lp.weight.normal_(0, 0.1)
         if extra.get("time_basis"):
             m.time_dec.weight.normal_(0, 0.1)
+        if extra.get("music_gate"):  # half open on average, so frames fall on both sides of the clip points
+            m.music_gate.weight.normal_(0, 2.0)
+            m.music_gate.bias.zero_()
         whole = m.enhance(x)
         st = m.initial_state(2)
         state = [st[k] for k in m.state_names]
@@ -127,6 +132,55 @@ def test_zero_initialised_additions_change_nothing(extra, head):
         assert torch.allclose(grown.enhance(x), base.enhance(x), atol=1e-6)
         getattr(grown, head).weight.normal_(0, 0.1)
         assert not torch.allclose(grown.enhance(x), base.enhance(x), atol=1e-3)
+
+
+@pytest.mark.parametrize("mask", ["complex", "magnitude"])
+def test_music_gate_open_is_the_model_and_shut_is_pass_through(mask):
+    from training.model import GATE_OPEN, GATE_SHUT
+
+    torch.manual_seed(0)
+    base = MaskLSTM(ModelConfig(hidden=32, mask=mask)).eval()
+    with torch.no_grad():
+        base.mask.weight.normal_(0, 0.5)
+        base.mask.bias.normal_(0, 1.0)  # a mask far from 1, so pass-through differs from it
+    grown = MaskLSTM(ModelConfig(hidden=32, mask=mask, music_gate=True)).eval()
+    init_weights(grown, base.state_dict())
+    x = torch.randn(1, 256 * 20) * 0.1
+    lat = grown.cfg.step_latency
+    with torch.no_grad():
+        y_model = base.enhance(x)
+        # As initialised (music probability ~0): exactly the model it was grown from.
+        assert torch.equal(grown.enhance(x), y_model)
+        assert float(((y_model[0, lat:] - x[0, :-lat]) ** 2).mean() / (x**2).mean()) > 0.01
+        # Surely music: the input, delayed, as the STFT's perfect reconstruction gives it back.
+        grown.music_gate.bias.fill_(20.0)
+        y = grown.enhance(x)
+        assert torch.allclose(y[0, 512:], x[0, 512 - lat : -lat], atol=1e-5)
+        # In between: a blend of the two masks, so (the STFT being linear) of the two outputs.
+        grown.music_gate.bias.zero_()  # probability 0.5
+        keep = (GATE_SHUT - 0.5) / (GATE_SHUT - GATE_OPEN)
+        passed = torch.cat([torch.zeros(1, lat), x[:, :-lat]], 1)
+        assert torch.allclose(grown.enhance(x)[0, 512:], (keep * y_model + (1 - keep) * passed)[0, 512:], atol=1e-5)
+    assert grown.last_music_logit is not None and grown.last_music_logit.shape == (1, 20)
+
+
+def test_music_hold_is_a_peak_hold_cleared_by_sure_speech():
+    # The closed form (a masked max over a table, for the ONNX graph) against the recursion it stands
+    # for, across block boundaries: out_t = 0 where raw_t = 0, else max(raw_t, e^-rate out_{t-1}).
+    from training.model import _hold
+
+    torch.manual_seed(0)
+    raw = torch.rand(3, 40)
+    raw[raw < 0.3] = 0.0
+    raw[0, :12] = torch.linspace(0.9, 0.1, 12)  # a long unsure stretch: only the hold decides
+    prev, rate = torch.rand(3, 1), 0.1
+    expect, o = torch.zeros_like(raw), prev[:, 0]
+    for t in range(raw.shape[1]):
+        o = torch.where(raw[:, t] <= 0, torch.zeros(3), torch.maximum(raw[:, t], o * math.exp(-rate)))
+        expect[:, t] = o
+    assert torch.allclose(_hold(raw, prev, rate), expect, atol=1e-6)
+    first = _hold(raw[:, :17], prev, rate)
+    assert torch.allclose(torch.cat([first, _hold(raw[:, 17:], first[:, -1:], rate)], 1), expect, atol=1e-6)
 
 
 def test_complex_mask_never_amplifies_a_bin():

@@ -1,0 +1,160 @@
+"""Train the music gate of a trained model (``ModelConfig.music_gate``) as a classifier.
+
+    python -m training.gate --config training/configs/music_gate.toml
+
+Everything but the gate's head (``music_gate.*``: one linear layer on the LSTM output) is frozen at the
+checkpoint ``optim.init_from``, and the head learns, frame by frame, whether the input is music, by
+binary cross-entropy against the example's kind (speech or music, ``data.music_share`` of each). So the
+model's mask is unchanged wherever the head says speech, and the head cannot trade speech quality for
+anything: it only decides where the mask is used (see ``MaskLSTM.forward``).
+
+Why a classifier and not the dereverberation loss: on music, the early-50 target asks the model to
+remove the room from a sustained note, which a mask learned on speech cannot tell from a reverberant
+tail; a fine-tune with half the examples music moved the music result by only 0.4 dB (docs/model.md).
+Passing music through untouched is what "music must not be mangled" asks for.
+
+Streams as at run time: every batch slot starts from the state the previous (unrelated) example left,
+or with probability ``optim.state_reset_prob`` from the rest state, so the head learns to switch when
+the content changes, not only at a stream's start. Validation every epoch (frame accuracy on held-out
+voices, music and rooms, from the rest state); ``best.pt`` (lowest validation cross-entropy) is written
+atomically in the training checkpoint format, so ``python -m export`` takes it as it is. A run is a few
+minutes, so it does not resume: re-running starts again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from training.config import TrainConfig, config_from_cli
+from training.model import RECURRENT, MaskLSTM, count_parameters, init_weights
+from training.train import save_atomic
+
+HEAD = "music_gate."
+
+
+def frame_labels(batch: dict, frames: int) -> torch.Tensor:
+    """1 for music, 0 for speech, per frame: [B] -> [B, frames]."""
+    return batch["is_music"][:, None].expand(-1, frames)
+
+
+def gate_step(model: MaskLSTM, batch: dict, start: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Run ``batch`` from ``start``; returns (cross-entropy, music logits [B, n], final recurrent states)."""
+    mix = batch["mixture"]
+    res = dict(zip(("audio_out", *model.state_names), model(mix, *(start[k] for k in model.state_names))))
+    logit = model.last_music_logit
+    assert logit is not None
+    loss = F.binary_cross_entropy_with_logits(logit, frame_labels(batch, logit.shape[1]))
+    return loss, logit.detach(), {k: res[k].detach() for k in model.state_names if k in RECURRENT}
+
+
+@torch.no_grad()
+def validate_gate(model: MaskLSTM, loader, rest_seconds: float, settle_frames: int = 63) -> dict:
+    """Cross-entropy and frame accuracy per kind; "settled" leaves out each example's first
+    ``settle_frames`` (1 s at hop 16 ms), where the stream has only just started."""
+    model.eval()
+    losses, right, kinds = [], [], []
+    for batch in loader:
+        b = batch["mixture"].shape[0]
+        loss, logit, _ = gate_step(model, batch, model.rest_state(b, rest_seconds))
+        losses.append(float(loss) * b)
+        right.append(((logit > 0).float() == frame_labels(batch, logit.shape[1])).numpy())
+        kinds.append(batch["is_music"].numpy() > 0.5)
+    model.train()
+    ok, music = np.concatenate(right), np.concatenate(kinds)
+
+    def acc(sel: np.ndarray, part: slice) -> float:
+        return float(ok[sel][:, part].mean()) if sel.any() else float("nan")
+
+    return {"loss": float(np.sum(losses) / len(ok)),
+            "speech_frames_right": acc(~music, slice(None)), "music_frames_right": acc(music, slice(None)),
+            "speech_frames_right_settled": acc(~music, slice(settle_frames, None)),
+            "music_frames_right_settled": acc(music, slice(settle_frames, None)),
+            "speech_examples": int((~music).sum()), "music_examples": int(music.sum())}
+
+
+def train_gate(cfg: TrainConfig) -> Path:
+    """Train the head; returns the path of ``best.pt``."""
+    from tqdm import tqdm
+
+    from training.train import make_loaders
+
+    if not cfg.model.music_gate:
+        raise ValueError("the config's model has no music gate (model.music_gate = true)")
+    if not cfg.optim.init_from:
+        raise ValueError("optim.init_from must name the trained checkpoint the gate is added to")
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.optim.threads)
+    torch.manual_seed(cfg.optim.seed)
+    model = MaskLSTM(cfg.model)
+    base = torch.load(cfg.optim.init_from, map_location="cpu", weights_only=True)
+    init_weights(model, base["model"])
+    head = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(HEAD))
+        if p.requires_grad:
+            head.append(p)
+    opt = torch.optim.Adam(head, lr=cfg.optim.lr)
+    train_ds, _, train_loader, val_loader = make_loaders(cfg)
+    steps = math.ceil(len(train_ds) / cfg.optim.batch_size)
+    sched = torch.optim.lr_scheduler.ExponentialLR(
+        opt, (cfg.optim.lr_final / cfg.optim.lr) ** (1 / max(1, steps * cfg.optim.epochs)))
+    print(f"model: {count_parameters(model):,} parameters, {sum(p.numel() for p in head)} trained (the gate's head); "
+          f"{steps} steps/epoch", file=sys.stderr)
+    best, history, t0 = math.inf, [], time.monotonic()
+    for epoch in range(cfg.optim.epochs):
+        train_ds.set_epoch(epoch)
+        carried, rest, running = None, None, []
+        for step, batch in enumerate(tqdm(train_loader, desc=f"gate epoch {epoch}", total=steps, file=sys.stderr)):
+            b = batch["mixture"].shape[0]
+            if step % 10 == 0 or rest is None or rest["lstm_h"].shape[1] != b:
+                model.eval()
+                rest = model.rest_state(b, cfg.optim.rest_seconds)
+                model.train()
+            start = dict(rest)
+            if cfg.optim.carry_state and carried is not None and carried["lstm_h"].shape[1] == b:
+                fresh = torch.rand(b) < cfg.optim.state_reset_prob
+                for k, v in carried.items():
+                    start[k] = torch.where(fresh.reshape(1, b, *([1] * (v.dim() - 2))), rest[k], v)
+            loss, _, carried = gate_step(model, batch, start)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            running.append(float(loss.detach()))
+        val = validate_gate(model, val_loader, cfg.optim.rest_seconds)
+        record = {"epoch": epoch, "train_loss": float(np.mean(running)), **val,
+                  "elapsed_s": round(time.monotonic() - t0, 1)}
+        history.append(record)
+        print(json.dumps(record), file=sys.stderr)
+        if val["loss"] < best:
+            best = val["loss"]
+            # The card describes the whole model: the base checkpoint's training, then the gate's.
+            summary = {**base.get("summary", {}),
+                       "music_gate": {"config": cfg.to_dict(), "base_checkpoint": cfg.optim.init_from,
+                                      "epochs": epoch + 1, "train_seconds": record["elapsed_s"], "val": val,
+                                      "trained": "the gate's head only; every other weight is the base checkpoint's"}}
+            save_atomic({"model_config": cfg.model.to_dict(), "model": model.state_dict(), "summary": summary,
+                         "history": history}, out / "best.pt")
+        if time.monotonic() - t0 > cfg.optim.max_minutes * 60:
+            print(f"time budget of {cfg.optim.max_minutes} min reached after epoch {epoch}", file=sys.stderr)
+            break
+    return out / "best.pt"
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = config_from_cli(argv, "python -m training.gate", __doc__, Path("training/configs/music_gate.toml"))
+    print(train_gate(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
