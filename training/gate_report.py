@@ -1,0 +1,131 @@
+"""What a music-gated checkpoint does, on validation data (docs/model.md, "Music").
+
+    python -m training.gate_report CKPT [--set model.music_hold_seconds=0 ...] [--corpus DIR] [--rooms DIR]
+
+Three measurements, each through the torch model (the exported graph is the same step, parity-tested):
+
+* blend: 192 validation examples (half music, seed 21), each from the rest state; mean SI-SDR gain
+  against the early-50 target for music (and its worst example) and for speech (RT60 >= 0.4 s, all);
+* switching: the same examples back to back as 16 streams (the content changes every 4 s, state
+  carried), the share of frames the head gets right after each change's first second;
+* speech over music: 16 validation speech examples with a validation music clip mixed in before the
+  room (rooms of RT60 >= 0.4 s) at 20 / 10 / 5 / 0 dB below the speech, and none: the mean share of
+  frames passed through.
+
+``--set`` changes the checkpoint's model config (e.g. the hold) before loading the weights. Needs the
+generated corpus and rooms, and torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.model import GATE_OPEN, GATE_SHUT, MaskLSTM, ModelConfig, _hold
+from training.train import _collate, si_sdr_db
+
+
+def load(ckpt: Path, overrides: dict) -> MaskLSTM:
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in raw["model_config"].items()}
+    model = MaskLSTM(ModelConfig(**{**cfg, **overrides}))
+    model.load_state_dict(raw["model"])
+    return model.eval()
+
+
+@torch.no_grad()
+def blend(model: MaskLSTM, batches: list[dict]) -> dict:
+    lat = model.cfg.step_latency
+    gain, music, rt60 = [], [], []
+    for b in batches:
+        start = model.rest_state(b["mixture"].shape[0], 4.0)
+        y = model(b["mixture"], *(start[k] for k in model.state_names))[0]
+        ref = b["early"][:, : b["early"].shape[1] - lat]
+        gain.append((si_sdr_db(y[:, lat:], ref) - si_sdr_db(b["mixture"][:, : ref.shape[1]], ref)).numpy())
+        music.append(b["is_music"].numpy() > 0.5)
+        rt60.append(b["rt60"].numpy())
+    g, m, rt = (np.concatenate(v) for v in (gain, music, rt60))
+    return {"music_mean_db": float(g[m].mean()), "music_worst_db": float(g[m].min()),
+            "speech_rt60_ge_0.4_db": float(g[~m & (rt >= 0.4)].mean()), "speech_all_db": float(g[~m].mean())}
+
+
+@torch.no_grad()
+def switching(model: MaskLSTM, batches: list[dict], settle: int = 63) -> dict:
+    state = model.rest_state(batches[0]["mixture"].shape[0], 4.0)
+    right: dict[bool, list[float]] = {False: [], True: []}
+    for b in batches:
+        res = model(b["mixture"], *(state[k] for k in model.state_names))
+        state = dict(zip(model.state_names, res[1:]))
+        p = torch.sigmoid(model.last_music_logit)
+        for j, is_music in enumerate((b["is_music"] > 0.5).tolist()):
+            ok = (p[j] > 0.5) if is_music else (p[j] < 0.5)
+            right[is_music].append(float(ok[settle:].float().mean()))
+    return {"speech_frames_right_after_1s": float(np.mean(right[False])),
+            "music_frames_right_after_1s": float(np.mean(right[True]))}
+
+
+@torch.no_grad()
+def speech_over_music(model: MaskLSTM, corpus: Path, rooms: Path, n: int = 16) -> dict:
+    import soundfile as sf
+
+    from training.mixing import MixConfig, make_example
+
+    clips = [json.loads(line) for line in (corpus / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    speech = [c for c in clips if c["split"] == "val" and c["kind"] == "speech"][:n]
+    music = [c for c in clips if c["split"] == "val" and c["kind"] == "music"][:n]
+    bank = [json.loads(line) for line in (rooms / "rooms.jsonl").read_text().splitlines() if line.strip()]
+    room = [r for r in bank if r["split"] == "val" and r["rt60"] >= 0.4][:n]
+    rate = model.cfg.hop / (model.cfg.sample_rate * max(model.cfg.music_hold_seconds, 1e-9))
+    out = {}
+    for rel_db in (None, -20, -10, -5, 0):
+        shares = []
+        for i in range(n):
+            s = sf.read(str(corpus / speech[i]["path"]), dtype="float32")[0][: 4 * 16000]
+            x = s
+            if rel_db is not None:
+                mu = np.resize(sf.read(str(corpus / music[i]["path"]), dtype="float32")[0], len(s))
+                x = s + mu * np.sqrt(np.mean(s**2) / np.mean(mu**2)) * 10 ** (rel_db / 20)
+            rir = sf.read(str(rooms / room[i]["path"]), dtype="float32", always_2d=True)[0][:, 0]
+            ex = make_example(x.astype(np.float32), rir, np.random.default_rng(i), MixConfig())
+            audio = torch.from_numpy(ex.mixture[: (len(s) // 256) * 256])[None]
+            start = model.rest_state(1, 4.0)
+            model(audio, *(start[k] for k in model.state_names))
+            raw = ((torch.sigmoid(model.last_music_logit) - GATE_OPEN) / (GATE_SHUT - GATE_OPEN)).clamp(0, 1)
+            passed = _hold(raw, torch.zeros(1, 1), rate) if model.cfg.music_hold_seconds > 0 else raw
+            shares.append(float(passed.mean()))
+        out["none" if rel_db is None else f"{rel_db} dB"] = float(np.mean(shares))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.gate_report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("--set", action="append", default=[], metavar="model.KEY=VALUE")
+    ap.add_argument("--corpus", type=Path, default=Path("/work/data/corpus"))
+    ap.add_argument("--rooms", type=Path, default=Path("/work/data/rooms"))
+    args = ap.parse_args(argv)
+    import tomllib
+
+    from training.dataset import ReverbDataset
+
+    overrides = {k.removeprefix("model."): tomllib.loads(f"v = {v}")["v"]
+                 for k, _, v in (s.partition("=") for s in args.set)}
+    torch.set_num_threads(2)
+    model = load(args.checkpoint, overrides)
+    if not model.cfg.music_gate:
+        ap.error("the checkpoint has no music gate")
+    ds = ReverbDataset(args.corpus, args.rooms, "val", segment_seconds=4.0, length=192, seed=21, music_share=0.5)
+    batches = [_collate([ds[j] for j in range(i, i + 16)]) for i in range(0, 192, 16)]
+    report = {"blend": blend(model, batches), "switching": switching(model, batches),
+              "speech_over_music_pass_share": speech_over_music(model, args.corpus, args.rooms)}
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
