@@ -13,9 +13,10 @@ remove the room from a sustained note, which a mask learned on speech cannot tel
 tail; a fine-tune with half the examples music moved the music result by only 0.4 dB (docs/model.md).
 Passing music through untouched is what "music must not be mangled" asks for.
 
-Streams as at run time: every batch slot starts from the state the previous (unrelated) example left,
-or with probability ``optim.state_reset_prob`` from the rest state, so the head learns to switch when
-the content changes, not only at a stream's start. Validation every epoch (frame accuracy on held-out
+Each batch starts as ``training.train.batch_start`` says: from the rest state, or with
+``optim.carry_state`` from the state the previous (unrelated) example left. The shipped recipe starts
+every example from the rest state, so the head learns that a stream's first frames are uncertain
+(docs/model.md, "Music"). Validation every epoch (frame accuracy on held-out
 voices, music and rooms, from the rest state); ``best.pt`` (lowest validation cross-entropy) is written
 atomically in the training checkpoint format, so ``python -m export`` takes it as it is. A run is a few
 minutes, so it does not resume: re-running starts again.
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 
 from training.config import TrainConfig, config_from_cli
 from training.model import RECURRENT, MaskLSTM, count_parameters, init_weights
-from training.train import save_atomic
+from training.train import batch_start, save_atomic
 
 HEAD = "music_gate."
 
@@ -114,16 +115,7 @@ def train_gate(cfg: TrainConfig) -> Path:
         train_ds.set_epoch(epoch)
         carried, rest, running = None, None, []
         for step, batch in enumerate(tqdm(train_loader, desc=f"gate epoch {epoch}", total=steps, file=sys.stderr)):
-            b = batch["mixture"].shape[0]
-            if step % 10 == 0 or rest is None or rest["lstm_h"].shape[1] != b:
-                model.eval()
-                rest = model.rest_state(b, cfg.optim.rest_seconds)
-                model.train()
-            start = dict(rest)
-            if cfg.optim.carry_state and carried is not None and carried["lstm_h"].shape[1] == b:
-                fresh = torch.rand(b) < cfg.optim.state_reset_prob
-                for k, v in carried.items():
-                    start[k] = torch.where(fresh.reshape(1, b, *([1] * (v.dim() - 2))), rest[k], v)
+            start, rest = batch_start(model, cfg, batch["mixture"].shape[0], step, carried, rest)
             loss, _, carried = gate_step(model, batch, start)
             opt.zero_grad(set_to_none=True)
             loss.backward()

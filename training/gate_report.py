@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.model import GATE_OPEN, GATE_SHUT, MaskLSTM, ModelConfig, _hold
+from training.model import MaskLSTM, ModelConfig, pass_share
 from training.train import _collate, si_sdr_db
 
 
@@ -79,7 +79,6 @@ def speech_over_music(model: MaskLSTM, corpus: Path, rooms: Path, n: int = 16) -
     music = [c for c in clips if c["split"] == "val" and c["kind"] == "music"][:n]
     bank = [json.loads(line) for line in (rooms / "rooms.jsonl").read_text().splitlines() if line.strip()]
     room = [r for r in bank if r["split"] == "val" and r["rt60"] >= 0.4][:n]
-    rate = model.cfg.hop / (model.cfg.sample_rate * max(model.cfg.music_hold_seconds, 1e-9))
     out = {}
     for rel_db in (None, -20, -10, -5, 0):
         shares = []
@@ -94,9 +93,8 @@ def speech_over_music(model: MaskLSTM, corpus: Path, rooms: Path, n: int = 16) -
             audio = torch.from_numpy(ex.mixture[: (len(s) // 256) * 256])[None]
             start = model.rest_state(1, 4.0)
             model(audio, *(start[k] for k in model.state_names))
-            raw = ((torch.sigmoid(model.last_music_logit) - GATE_OPEN) / (GATE_SHUT - GATE_OPEN)).clamp(0, 1)
-            passed = _hold(raw, torch.zeros(1, 1), rate) if model.cfg.music_hold_seconds > 0 else raw
-            shares.append(float(passed.mean()))
+            hold = start.get("music_hold")
+            shares.append(float(pass_share(model.last_music_logit, hold, model.cfg).mean()))
         out["none" if rel_db is None else f"{rel_db} dB"] = float(np.mean(shares))
     return out
 

@@ -333,23 +333,17 @@ class MaskLSTM(nn.Module):
         if coef is not None:
             re, im, past = self._predict(spec, named["spec_past"], coef)
             extra = extra + (past,)
-        keep, held = None, ()
+        passed, held = None, ()
         if self.cfg.music_gate:
-            # Frame by frame: the share of the model's own mask that is used (1 - keep is pass-through).
-            # Clipped, so a frame that is surely speech gets exactly the model's mask and one that is
-            # surely music exactly 1: the model is unchanged on speech and transparent on music.
             logit = self.music_gate(hidden)[..., 0]  # [B, n]
             self.last_music_logit = logit
-            keep = torch.clamp((GATE_SHUT - torch.sigmoid(logit)) / (GATE_SHUT - GATE_OPEN), 0.0, 1.0).unsqueeze(-1)
-            passed = 1.0 - keep  # written as mask + passed * (1 - mask): exactly the mask where passed is 0
+            share = pass_share(logit, named.get("music_hold"), self.cfg)  # [B, n]
             if "music_hold" in named:
-                rate = self.cfg.hop / (self.cfg.sample_rate * self.cfg.music_hold_seconds)  # per frame
-                hold = _hold(passed[..., 0], named["music_hold"], rate)
-                held = (hold[:, -1:],)
-                passed = hold.unsqueeze(-1)
+                held = (share[:, -1:],)
+            passed = share.unsqueeze(-1)  # written as mask + passed * (1 - mask): exactly the mask where 0
         if self.cfg.mask == "magnitude":
             mask = torch.sigmoid(z)
-            if keep is not None:
+            if passed is not None:
                 mask = mask + passed * (1.0 - mask)
             out_re, out_im = re * mask, im * mask
         else:
@@ -357,7 +351,7 @@ class MaskLSTM(nn.Module):
             mag = torch.sqrt(zr * zr + zi * zi + 1e-12)
             gain = torch.tanh(mag) / mag  # bounds |mask| below 1, keeps its phase
             mr, mi = zr * gain, zi * gain
-            if keep is not None:
+            if passed is not None:
                 mr, mi = mr + passed * (1.0 - mr), mi - passed * mi  # still |mask| <= 1: a blend of two such masks
             out_re, out_im = mr * re - mi * im, mr * im + mi * re
         out_frames = torch.cat([out_re, out_im], dim=2) @ self.dft_inverse  # [B, n, win]
@@ -418,6 +412,20 @@ class MaskLSTM(nn.Module):
         """
         state = self.initial_state(audio.shape[0])
         return self(audio, *(state[k].to(audio) for k in self.state_names))[0]
+
+
+def pass_share(logit: Tensor, hold: Tensor | None, cfg: ModelConfig) -> Tensor:
+    """The music gate's pass-through share per frame, [B, n] in [0, 1], from the head's logits [B, n]
+    and, with a hold, the held share before the first frame (state "music_hold" [B, 1]).
+
+    Clipped, so a frame that is surely speech (p <= GATE_OPEN) gets exactly the model's mask and one
+    that is surely music (p >= GATE_SHUT) exactly 1: the model is unchanged on speech and transparent on
+    music. The last frame's value is the new "music_hold"."""
+    keep = torch.clamp((GATE_SHUT - torch.sigmoid(logit)) / (GATE_SHUT - GATE_OPEN), 0.0, 1.0)
+    share = 1.0 - keep
+    if hold is None:
+        return share
+    return _hold(share, hold, cfg.hop / (cfg.sample_rate * cfg.music_hold_seconds))
 
 
 def _hold(raw: Tensor, prev: Tensor, rate: float) -> Tensor:

@@ -108,6 +108,27 @@ def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig, start: dict[str
     return loss, si_sdr_db(out.detach(), ref), carried
 
 
+def batch_start(model: MaskLSTM, cfg: TrainConfig, batch: int, step: int, carried: dict[str, torch.Tensor] | None,
+                rest: dict[str, torch.Tensor] | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The state a training batch of ``batch`` slots starts from, and the rest state (recomputed every
+    10 steps, as the weights move). Returns (start, rest).
+
+    Carried-state training (``optim.carry_state``): each batch slot starts from the recurrent state the
+    previous (unrelated) example left behind (``carried``), so the model must cope with any history, as
+    it does when streaming for hours, instead of relying on counters that start at zero with every 4 s
+    segment; with probability ``optim.state_reset_prob`` a slot starts from the rest state instead, as
+    every stream does at run time. Without it, every slot starts from the rest state."""
+    if step % 10 == 0 or rest is None or rest["lstm_h"].shape[1] != batch:
+        model.eval()
+        rest = model.rest_state(batch, cfg.optim.rest_seconds)
+        model.train()
+    start = carried if cfg.optim.carry_state and carried is not None and carried["lstm_h"].shape[1] == batch else None
+    if start is not None and cfg.optim.state_reset_prob > 0:
+        fresh = torch.rand(batch) < cfg.optim.state_reset_prob
+        start = {k: torch.where(fresh.reshape(1, batch, *([1] * (v.dim() - 2))), rest[k], v) for k, v in start.items()}
+    return {**rest, **(start or {})}, rest
+
+
 def _score(val: dict, select: str) -> float:
     """The figure that selects best.pt (``optim.select``; higher is better): a key of ``validate``'s
     result, "loss" being negated. A gain that is undefined (a tiny validation set without such
@@ -221,21 +242,8 @@ def train(cfg: TrainConfig) -> Path:
         running = []
         carried, rest, step = None, None, 0
         for batch in bar:
-            # Carried-state training: each batch slot starts from the LSTM state the previous (unrelated)
-            # example left behind, so the model must cope with any history, as it does when streaming
-            # for hours, instead of relying on counters that start at zero with every 4 s segment.
-            b = batch["mixture"].shape[0]
-            start = carried if cfg.optim.carry_state and carried is not None and \
-                carried["lstm_h"].shape[1] == b else None
-            if step % 10 == 0 or rest is None or rest["lstm_h"].shape[1] != b:
-                model.eval()
-                rest = model.rest_state(b, cfg.optim.rest_seconds)
-                model.train()
-            if start is not None and cfg.optim.state_reset_prob > 0:
-                # Some slots start from the rest state instead, as every stream does at run time.
-                fresh = torch.rand(b) < cfg.optim.state_reset_prob
-                start = {k: torch.where(fresh.reshape(1, b, *([1] * (v.dim() - 2))), rest[k], v) for k, v in start.items()}
-            loss, sdr, carried = compute_loss(model, batch, cfg, {**rest, **(start or {})})
+            start, rest = batch_start(model, cfg, batch["mixture"].shape[0], step, carried, rest)
+            loss, sdr, carried = compute_loss(model, batch, cfg, start)
             step += 1
             opt.zero_grad(set_to_none=True)
             loss.backward()
