@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stream.model import StepModel
+from stream.model import PASS_SHARE, StepModel
 from training.model import MaskLSTM, ModelConfig, channel_axis, count_parameters, macs_per_hop
 
 OPSET = 17
@@ -63,6 +63,24 @@ def state_shapes(model: MaskLSTM) -> dict[str, dict]:
     return out
 
 
+class _WithShare(torch.nn.Module):
+    """The step with the music gate's per-hop pass-through share as one more output (``PASS_SHARE``)."""
+
+    def __init__(self, model: MaskLSTM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, audio: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(audio, *states)
+        return (*out, self.model.last_pass_share)
+
+
+def output_names(model: MaskLSTM) -> list[str]:
+    """The graph's outputs: audio, one per state, and with the music gate ``pass_share``."""
+    names = ["audio_out", *(f"{k}_out" for k in model.state_names)]
+    return names + [PASS_SHARE] if model.cfg.music_gate else names
+
+
 def export_onnx(model: MaskLSTM, path: Path) -> None:
     """Trace the step with dynamic channels and length, and write ``path`` (no card yet)."""
     cfg = model.cfg
@@ -73,16 +91,20 @@ def export_onnx(model: MaskLSTM, path: Path) -> None:
     for name in names:
         dynamic[name] = {channel_axis(name): "channels"}
         dynamic[f"{name}_out"] = {channel_axis(name): "channels"}
+    if cfg.music_gate:
+        # Why the runtime wants it: see stream.engine (the DC blocker's complement is passed through
+        # with the model where the model passes the input through).
+        dynamic[PASS_SHARE] = {0: "channels", 1: "hops"}
     # The tracer warns that LSTM shape checks become constants and that the batch size is fixed:
     # both are false alarms here because h and c are explicit inputs with a symbolic channel axis.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model,
+            _WithShare(model) if cfg.music_gate else model,
             args,
             str(path),
             input_names=["audio", *names],
-            output_names=["audio_out", *(f"{k}_out" for k in names)],
+            output_names=output_names(model),
             dynamic_axes=dynamic,
             opset_version=OPSET,
             dynamo=False,
@@ -151,6 +173,10 @@ def build_card(model: MaskLSTM, ckpt: dict, name: str, metrics: dict | None,
         "algorithmic_latency_ms": round(1000 * (cfg.step_latency + cfg.hop - 1) / cfg.sample_rate, 3),
         "inputs": {"audio": {"shape": ["channels", "samples"], "dtype": "float32", "note": "samples = n * hop"}},
         "states": state_shapes(model),
+        **({"outputs": {PASS_SHARE: {
+            "shape": ["channels", "hops"], "dtype": "float32",
+            "note": "per hop, 0..1: how much of the hop the model passes through unchanged (its music gate)"}}}
+           if cfg.music_gate else {}),
         "model_config": cfg.to_dict(),
         "parameters": count_parameters(model),
         "macs_per_second": macs_per_hop(cfg) * cfg.sample_rate // cfg.hop,
@@ -184,7 +210,8 @@ def attach_card(onnx_path: Path, card: dict) -> None:
 
 
 def parity(model: MaskLSTM, onnx_path: Path, seconds: float = 2.0, channels: int = 2, seed: int = 0) -> float:
-    """Max |torch - onnxruntime| of the audio output, on random audio streamed in uneven hop counts.
+    """Max |torch - onnxruntime| of the audio output (and of ``pass_share``, a share in 0..1, where the
+    graph has it), on random audio streamed in uneven hop counts.
 
     State tensors are compared relative to their size (an LSTM cell state may legitimately reach
     tens, where float32 rounding alone exceeds 1e-4 absolute); a relative state error above 1e-3
@@ -206,8 +233,11 @@ def parity(model: MaskLSTM, onnx_path: Path, seconds: float = 2.0, channels: int
         start += n
         with torch.no_grad():
             t_out = model(torch.from_numpy(chunk), *(t_state[k] for k in names))
-        o_out = session.run(["audio_out", *(f"{k}_out" for k in names)], {"audio": chunk, **o_state})
+        o_out = session.run(output_names(model), {"audio": chunk, **o_state})
         worst = max(worst, float(np.abs(o_out[0] - t_out[0].numpy()).max()))
+        if cfg.music_gate:
+            worst = max(worst, float(np.abs(o_out[-1] - model.last_pass_share.numpy()).max()))
+            o_out = o_out[:-1]
         for a, b in zip(o_out[1:], t_out[1:]):
             rel = float(np.abs(a - b.numpy()).max() / max(1.0, float(np.abs(b.numpy()).max())))
             if rel > 1e-3:

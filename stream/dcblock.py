@@ -18,6 +18,10 @@ already 20-40 dB from the target. Measured with the shipped model on the test se
 RT60 < 0.3 s examples (20 / 5 / 2 Hz, history primed with the first sample as it then was): dry
 25.1 / 32.1 / 34.5 dB, short rooms -2.82 / -0.24 / +0.16 dB; at 2 Hz with zero history (now):
 36.7 dB and +0.36 dB (``python -m training.evaluate``, docs/model.md "Transparency").
+
+What the blocker removes is not always unwanted: music passed through by the model's gate should come
+out whole. With a model that reports where it passes its input through (``pass_share``), the engine
+adds the blocker's complement back there (``stream.engine._low_bypass``).
 """
 
 from __future__ import annotations

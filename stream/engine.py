@@ -3,6 +3,8 @@
 ``engine_step(plan, block, state) -> (out, state)`` takes any number of frames at the stream's rate
 and returns exactly as many, delayed by ``plan.latency`` samples. Inside, audio may be resampled to
 the model's rate, loses its DC offset (``stream.dcblock``), is gathered into whole hops, run through the ONNX step, resampled back and queued.
+With a model that reports its pass-through share (``pass_share``), what the DC blocker removed is added
+back where the model passes its input through, so passed-through music keeps everything (``_low_bypass``).
 
 Why the output is identical for every block size: every stage emits all the output its input so far
 allows (the resampler's output count depends only on the total input count, the model runs on whole
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,11 @@ INPUT_LIMIT = 1e4
 PEAK_MARGIN_DB = 1.0
 # Crossfade from the dry input back into the model output after a state reset, in seconds.
 RESET_RAMP_S = 0.02
+
+# Where the model passes its input through (its ``pass_share`` output: music, for the shipped model's
+# gate), the DC blocker's complement (what it removed: the input below ~2 Hz) is passed through too, with
+# this smoothing time constant (s) on the share; see engine_step.
+LOW_SMOOTH_S = 0.08
 
 # Model calls are capped at this many hops, which bounds memory for huge blocks while keeping the
 # per-call overhead negligible (measured: 64 hops per call runs ~4x faster per sample than 1 hop).
@@ -48,6 +56,11 @@ class Plan:
     rs_out: Resampler | None
     prefill: int  # zeros queued at the output, in stream samples
     latency: int  # total delay, in stream samples
+
+    @property
+    def low_bypass(self) -> bool:
+        """Whether the DC blocker's complement follows the model's pass-through share (see engine_step)."""
+        return self.model.has_pass_share
 
     @property
     def resampler_latency(self) -> int:
@@ -71,6 +84,10 @@ class EngineState:
     nonfinite_inputs: int = 0
     state_resets: int = 0  # model runs whose output or state was non-finite (state was reset)
     input_peak: float = 0.0  # largest |sample| seen so far (after NaN/Inf removal and clipping)
+    # With plan.low_bypass: the DC blocker's complement at the model's rate, delayed by the step's latency
+    # [channels, step_latency], and the smoothed pass-through share at the end of the last hop [channels, 1].
+    low_line: np.ndarray | None = None
+    low_gain: np.ndarray | None = None
 
 
 def make_plan(model: StepModel, sample_rate: int, channels: int) -> Plan:
@@ -113,26 +130,66 @@ def _max_holdback(rs_in: Resampler, hop: int, rs_out: Resampler) -> int:
 
 def initial_state(plan: Plan) -> EngineState:
     c = plan.channels
+    rows = 2 * c if plan.low_bypass else c  # with the bypass, the complement travels with the input
     return EngineState(
         model=plan.model.initial_state(c),
-        rs_in=plan.rs_in.initial_state(c) if plan.rs_in else None,
+        rs_in=plan.rs_in.initial_state(rows) if plan.rs_in else None,
         rs_out=plan.rs_out.initial_state(c) if plan.rs_out else None,
-        pending=np.zeros((c, 0), np.float32),
+        pending=np.zeros((rows, 0), np.float32),
         queue=np.zeros((c, plan.prefill), np.float32),
         dc=dcblock.initial_state(c),
+        low_line=np.zeros((c, plan.model.step_latency), np.float32) if plan.low_bypass else None,
+        low_gain=np.zeros((c, 1), np.float32) if plan.low_bypass else None,
     )
 
 
-def _run_model(model: StepModel, x: np.ndarray, mstate: dict) -> tuple[np.ndarray, dict]:
-    """Run whole hops ``x`` [channels, k * hop] through the model, at most MAX_HOPS_PER_CALL per call."""
+def _run_model(model: StepModel, x: np.ndarray, mstate: dict) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Run whole hops ``x`` [channels, k * hop] through the model, at most MAX_HOPS_PER_CALL per call;
+    returns (output [channels, k * hop], pass_share [channels, k] or None, new state)."""
     span = MAX_HOPS_PER_CALL * model.hop
     if x.shape[1] <= span:
-        return model.run(x, mstate)
-    outs = []
+        return model.run_with_share(x, mstate)
+    outs, shares = [], []
     for start in range(0, x.shape[1], span):
-        y, mstate = model.run(np.ascontiguousarray(x[:, start : start + span]), mstate)
+        y, share, mstate = model.run_with_share(np.ascontiguousarray(x[:, start : start + span]), mstate)
         outs.append(y)
-    return np.concatenate(outs, axis=1), mstate
+        shares.append(share)
+    return np.concatenate(outs, axis=1), (None if shares[0] is None else np.concatenate(shares, axis=1)), mstate
+
+
+@lru_cache(maxsize=8)
+def _hop_fade(hop: int) -> np.ndarray:
+    """[hop] float32: the periodic-Hann rise over one hop, the weight the overlap-add gives the newer of
+    the two frames in each output sample (sqrt-Hann analysis x sqrt-Hann synthesis)."""
+    fade = (0.5 - 0.5 * np.cos(np.pi * np.arange(hop) / hop)).astype(np.float32)
+    fade.flags.writeable = False
+    return fade
+
+
+def _low_bypass(low: np.ndarray, share: np.ndarray, gain0: np.ndarray, hop: int, rate: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The DC blocker's complement to add back to the output: ``low`` [channels, n * hop] (already
+    delayed to line up with the output) weighted by the model's pass-through ``share`` [channels, n],
+    smoothed from ``gain0`` [channels, 1]. Returns (addition [channels, n * hop], new gain0).
+
+    Why smoothed: the complement is the input below ~2 Hz, typically a DC offset. Switched on and off at
+    the share's pace (a frame), an offset would become a step, an audible thump; faded with a time
+    constant of LOW_SMOOTH_S it stays a sub-audible drift, as the blocker's own response is. The gain
+    is smoothed per hop (n values) and, within a hop, faded between hops as the overlap-add fades
+    frames, so it is the same whatever the blocks were.
+    """
+    a = 1.0 - math.exp(-hop / (rate * LOW_SMOOTH_S))
+    gains = np.empty((share.shape[0], share.shape[1] + 1), np.float32)
+    gains[:, 0] = gain0[:, 0]
+    for k in range(share.shape[1]):  # n is at most a few dozen hops per call; this runs per hop, not per sample
+        gains[:, k + 1] = gains[:, k] + a * (share[:, k] - gains[:, k])
+    prev, new = gains[:, :-1, None], gains[:, 1:, None]
+    ramp = (prev + (new - prev) * _hop_fade(hop)).reshape(share.shape[0], -1)
+    last = gains[:, -1:].copy()
+    # The fade never reaches 0 by itself; below 1e-4 (-80 dB) the remaining gain is dropped, so a stream
+    # that is back to speech stops paying for the bypass.
+    last[last < 1e-4] = 0.0
+    return ramp * low, last
 
 
 def engine_step(plan: Plan, block: np.ndarray, state: EngineState) -> tuple[np.ndarray, EngineState]:
@@ -159,24 +216,42 @@ def engine_step(plan: Plan, block: np.ndarray, state: EngineState) -> tuple[np.n
     rs_in, rs_out = state.rs_in, state.rs_out
     # DC goes before the resampler too: its filter history starts at zero, so an offset would enter it
     # as a step.
-    x, dc = dcblock.dc_block(x, state.dc, dcblock.pole(plan.sample_rate))
+    blocked, dc = dcblock.dc_block(x, state.dc, dcblock.pole(plan.sample_rate))
+    c = plan.channels
+    # With the bypass, the complement (x - blocked) rides along as extra rows through the resampler and
+    # the hop buffer, so it reaches the model's rate in step with the input.
+    x = np.concatenate([blocked, x - blocked], axis=0) if plan.low_bypass else blocked
     if plan.rs_in is not None:
         x, rs_in = plan.rs_in.step(x, rs_in)
     buf = np.concatenate([state.pending, x], axis=1) if state.pending.shape[1] else x
     hop = plan.model.hop
     whole = (buf.shape[1] // hop) * hop
     mstate = state.model
+    low_line, low_gain = state.low_line, state.low_gain
     if whole:
-        hops = np.ascontiguousarray(buf[:, :whole])
-        y, mstate = _run_model(plan.model, hops, mstate)
+        hops = np.ascontiguousarray(buf[:c, :whole])
+        y, share, mstate = _run_model(plan.model, hops, mstate)
         if not _finite(y, mstate):
             # Never expected from a sound model on clipped, finite input, but a non-finite state would
             # silence the stream for good: redo these hops from the rest state, and if even that fails,
             # output silence for them. The wrapper crossfades over the event (Dereverberator.process).
             resets += 1
-            y, mstate = _run_model(plan.model, hops, plan.model.initial_state(plan.channels))
+            y, share, mstate = _run_model(plan.model, hops, plan.model.initial_state(plan.channels))
             if not _finite(y, mstate):
-                y, mstate = np.zeros_like(hops), plan.model.initial_state(plan.channels)
+                y, share, mstate = np.zeros_like(hops), None, plan.model.initial_state(plan.channels)
+        if plan.low_bypass:
+            # Where the model passes its input through (share 1: its mask is exactly 1), the output is the
+            # blocked input, delayed; adding the complement, delayed alike, makes it the input itself,
+            # below 2 Hz too (a DC-offset music render lost 8.6 dB SI-SDR to the blocker alone). Where the
+            # model works (share 0: speech), the blocker stays in full. Delayed by the step's latency,
+            # the complement lines up with the step's output.
+            line = np.concatenate([low_line, buf[c:, :whole]], axis=1)
+            low, low_line = line[:, :whole], line[:, whole:]
+            if share is None or not math.isfinite(float(share.sum())):
+                share = np.zeros((c, whole // hop), np.float32)
+            if low_gain.any() or share.any():
+                add, low_gain = _low_bypass(low, share, low_gain, hop, plan.model.sample_rate)
+                y = y + add
         if plan.rs_out is not None:
             y, rs_out = plan.rs_out.step(y, rs_out)
         queue = np.concatenate([state.queue, y], axis=1)
@@ -184,7 +259,8 @@ def engine_step(plan: Plan, block: np.ndarray, state: EngineState) -> tuple[np.n
         queue = state.queue
     n = block.shape[-1]
     out, rest = queue[:, :n], queue[:, n:]
-    new = EngineState(mstate, rs_in, rs_out, buf[:, whole:].copy(), rest, dc, nonfinite, resets, input_peak)
+    new = EngineState(mstate, rs_in, rs_out, buf[:, whole:].copy(), rest, dc, nonfinite, resets, input_peak,
+                      low_line, low_gain)
     return out, new
 
 

@@ -18,6 +18,9 @@ import numpy as np
 
 AUDIO_IN = "audio"
 AUDIO_OUT = "audio_out"
+# Optional output, float32 [channels, n] (one value per hop, 0..1): how much of each hop the model passes
+# through unchanged. A model with a music gate has it; the engine uses it (stream.engine).
+PASS_SHARE = "pass_share"
 BATCH_DIM = "channels"
 CARD_KEY = "dereverb.card"
 
@@ -81,6 +84,7 @@ class StepModel:
     _session: object = field(repr=False)
     _output_names: list[str] = field(repr=False)
     rest_seconds: float = 0.0
+    has_pass_share: bool = False
     _rest: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
@@ -113,6 +117,7 @@ class StepModel:
         card = _read_card(path, session)
         states = _discover_states(path, session)
         _check_card_against_graph(path, card, states)
+        has_share = _check_pass_share(path, session)
         model = cls(
             path=path,
             sample_rate=int(card["sample_rate"]),
@@ -121,8 +126,9 @@ class StepModel:
             states=states,
             card=card,
             _session=session,
-            _output_names=[AUDIO_OUT] + [f"{s.name}_out" for s in states],
+            _output_names=[AUDIO_OUT] + [f"{s.name}_out" for s in states] + ([PASS_SHARE] if has_share else []),
             rest_seconds=float(card.get("rest_state_seconds", 0.0)),
+            has_pass_share=has_share,
         )
         model._rest = _card_rest_state(path, card, states) if "rest_state" in card else model._settle(model.rest_seconds)
         return model
@@ -154,10 +160,17 @@ class StepModel:
 
     def run(self, audio: np.ndarray, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """One step: ``audio`` float32 [channels, n * hop] -> (audio_out [channels, n * hop], new state)."""
+        out, _, new = self.run_with_share(audio, state)
+        return out, new
+
+    def run_with_share(self, audio: np.ndarray, state: dict[str, np.ndarray]
+                       ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+        """``run``, plus the model's ``pass_share`` [channels, n] (None if the graph has no such output)."""
         feeds = {AUDIO_IN: audio}
         feeds.update(state)
         outs = self._session.run(self._output_names, feeds)
-        return outs[0], {s.name: o for s, o in zip(self.states, outs[1:])}
+        share = outs.pop() if self.has_pass_share else None
+        return outs[0], share, {s.name: o for s, o in zip(self.states, outs[1:])}
 
 
 def _read_card(path: Path, session) -> dict:
@@ -223,6 +236,17 @@ def _discover_states(path: Path, session) -> tuple[StateSpec, ...]:
     if not specs:
         raise ModelError(f"{path}: graph has no state inputs; a stateless model cannot stream")
     return tuple(specs)
+
+
+def _check_pass_share(path: Path, session) -> bool:
+    """Whether the graph has the optional ``pass_share`` output, checked for its type and channel axis."""
+    out = {o.name: o for o in session.get_outputs()}.get(PASS_SHARE)
+    if out is None:
+        return False
+    if out.type != "tensor(float)" or len(out.shape) != 2 or out.shape[0] != BATCH_DIM:
+        raise ModelError(f"{path}: output '{PASS_SHARE}' must be float32 [{BATCH_DIM}, hops], "
+                         f"got {out.type} {out.shape}")
+    return True
 
 
 def _check_card_against_graph(path: Path, card: dict, states: tuple[StateSpec, ...]) -> None:

@@ -231,6 +231,8 @@ class MaskLSTM(nn.Module):
             nn.init.zeros_(self.music_gate.weight)
             nn.init.constant_(self.music_gate.bias, -20.0)  # sigmoid(-20) ~ 2e-9: the gate is open
         self.last_music_logit: Tensor | None = None  # [B, n] of the last forward (training.gate reads it)
+        # [B, n] pass-through share of the last forward (the ONNX output "pass_share"; export/ reads it)
+        self.last_pass_share: Tensor | None = None
         # Start close to pass-through so early training does not destroy the signal: sigmoid(2) = 0.88
         # for the real mask; real part tanh(2) = 0.96, imaginary part 0 for the complex one.
         nn.init.zeros_(self.mask.weight)
@@ -338,6 +340,7 @@ class MaskLSTM(nn.Module):
             logit = self.music_gate(hidden)[..., 0]  # [B, n]
             self.last_music_logit = logit
             share = pass_share(logit, named.get("music_hold"), self.cfg)  # [B, n]
+            self.last_pass_share = share
             if "music_hold" in named:
                 held = (share[:, -1:],)
             passed = share.unsqueeze(-1)  # written as mask + passed * (1 - mask): exactly the mask where 0

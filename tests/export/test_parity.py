@@ -48,7 +48,9 @@ def test_graph_names_follow_contract(exported):
     ins = [i.name for i in s.get_inputs()]
     outs = [o.name for o in s.get_outputs()]
     assert ins[0] == "audio" and set(ins[1:]) == set(model.state_names)
-    assert set(outs) == {"audio_out", *(f"{k}_out" for k in model.state_names)}
+    # The music gate adds one output that is not a state: its per-hop pass-through share.
+    extra = {"pass_share"} if model.cfg.music_gate else set()
+    assert set(outs) == {"audio_out", *(f"{k}_out" for k in model.state_names)} | extra
     meta = s.get_modelmeta().custom_metadata_map
     assert meta["dereverb.sample_rate"] == "16000" and "dereverb.card" in meta
 
@@ -74,3 +76,23 @@ def test_shipped_checkpoint_matches_shipped_onnx(default_model):
     assert ckpt.is_file(), "the shipped checkpoint must sit beside the shipped ONNX model"
     model, _ = load_checkpoint(ckpt)
     assert parity(model, default_model.path, seconds=3.0, channels=2, seed=11) <= 1e-4
+
+
+def test_pass_share_output_is_the_gates_share(exported):
+    """The graph's ``pass_share`` is what the torch step computed, per hop and channel, and the runtime
+    finds it by name."""
+    from stream.model import StepModel
+
+    model, path, card = exported
+    step = StepModel.load(path)
+    assert step.has_pass_share == model.cfg.music_gate == ("outputs" in card)
+    if not model.cfg.music_gate:
+        return
+    x = (np.random.default_rng(3).standard_normal((2, 256 * 12)) * 0.1).astype(np.float32)
+    state = model.initial_state(2)
+    with torch.no_grad():
+        model(torch.from_numpy(x), *(state[k] for k in model.state_names))
+    _, share, _ = step.run_with_share(x, {k: v.numpy() for k, v in state.items()})
+    want = model.last_pass_share.numpy()
+    assert share.shape == (2, 12) and np.abs(share - want).max() < 1e-5
+    assert 0.0 < want.mean() < 1.0  # both sides of the gate occur, so the comparison means something

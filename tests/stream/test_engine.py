@@ -34,6 +34,31 @@ def test_block_size_invariance(default_model, rate, channels):
         assert err <= 1e-5, f"block sizes {sizes[:3]}...: max diff {err:.2e}"
 
 
+@pytest.mark.parametrize("rate", [16000, 48000])
+def test_block_size_invariance_while_the_gate_passes_music(default_model, rate):
+    # Music with a DC offset: the gate opens, so the DC blocker's complement is added back along the
+    # model's pass-through share (stream.engine._low_bypass), which must not depend on the blocks either.
+    import soundfile as sf
+
+    from pathlib import Path
+
+    x, sr = sf.read(str(Path(__file__).resolve().parents[1] / "data" / "music_brass.flac"), dtype="float32")
+    x = x[: 2 * sr] + np.float32(0.1)
+    if rate != sr:
+        from stream.resample import Resampler
+
+        rs = Resampler(sr, rate)
+        x = rs.step(x[None, :], rs.initial_state(1))[0][0]
+    d = Dereverberator(default_model, sample_rate=rate)
+    whole = d.process(x)
+    assert float(whole[rate:].mean()) > 0.05  # the bypass is on: the offset comes through
+    for sizes in ([256], [441], list(np.random.default_rng(2).integers(1, 3000, size=64))):
+        d.reset()
+        y = _stream(d, x, sizes)
+        err = float(np.abs(y - whole[: y.shape[0]]).max())
+        assert err <= 1e-5, f"block sizes {sizes[:3]}...: max diff {err:.2e}"
+
+
 def test_same_frames_out_as_in_and_flush(default_model):
     d = Dereverberator(default_model)
     total = 0

@@ -446,6 +446,8 @@ def test_controls_keys():
 
 # ------------------------------------------------------------------------------------ through real JACK
 RATE, PERIOD = 48000, 256
+# A live run must match file mode for this long before its first mismatch (see file_mode_problems).
+MIN_CLEAN_S = 1.0
 
 
 def live_cmd(*args: str) -> list[str]:
@@ -494,6 +496,53 @@ def mismatch_clusters(bad: np.ndarray, gap: int) -> int:
     return 0 if idx.size == 0 else 1 + int(np.sum(np.diff(idx) > gap))
 
 
+def file_mode_problems(name: str, errs: np.ndarray, events: int) -> list:
+    """What is wrong with a live run's per-window errors against file mode (``window_errors``, one window
+    per period), given the xruns it saw (``events``: the stream's and the probe's).
+
+    An xrun loses or repeats a period of the stream's input. The model's state then takes a moment to
+    converge, and the STFT's framing phase moves by a period for the rest of the run, so every later
+    window differs from the file-mode reference (see stream.live_measure.file_mode_reference): one bad
+    stretch per xrun, which may last to the end. So the run must match file mode until its first
+    mismatch, for at least ``MIN_CLEAN_S``, and every bad stretch (bad windows closer than 1 s count as
+    one) must be explained by an xrun. A broken live path (wrong state, lost or reordered blocks) fails
+    from the start or makes stretches no xrun explains; a starved machine makes early xruns, and the
+    caller retries.
+    """
+    bad = np.nan_to_num(errs, nan=0.0) > 0.02
+    clusters = mismatch_clusters(bad, gap=RATE // PERIOD)
+    first = int(np.argmax(bad)) if bad.any() else len(bad)
+    scored = int(np.count_nonzero(~np.isnan(errs[:first])))
+    problems = []
+    if first * PERIOD < MIN_CLEAN_S * RATE or scored < first // 2:
+        problems.append((name, "matches file mode for less than MIN_CLEAN_S before its first mismatch",
+                         first * PERIOD / RATE, scored, events))
+    if clusters > events:
+        problems.append((name, "differs from file mode beyond the xruns", clusters, events))
+    return problems
+
+
+def test_file_mode_problems_judges_the_error_pattern():
+    w = RATE // PERIOD  # windows per second
+    clean = np.full(5 * w, 0.005)
+    assert file_mode_problems("x", clean, 0) == []
+    late = clean.copy()
+    late[3 * w :] = 0.1  # an xrun at 3 s moves the framing phase for good: one stretch, explained
+    assert file_mode_problems("x", late, 1) == []
+    assert [p[1] for p in file_mode_problems("x", late, 0)] == ["differs from file mode beyond the xruns"]
+    early = clean.copy()
+    early[w // 2 :] = 0.1  # a mismatch after half a second: too little evidence, even with an xrun
+    assert "less than MIN_CLEAN_S" in file_mode_problems("x", early, 1)[0][1]
+    twice = clean.copy()
+    twice[2 * w : 2 * w + 3] = 0.1
+    twice[4 * w :] = 0.1  # two stretches 2 s apart, one xrun
+    assert [p[1] for p in file_mode_problems("x", twice, 1)] == ["differs from file mode beyond the xruns"]
+    assert file_mode_problems("x", twice, 2) == []
+    assert file_mode_problems("x", np.full(5 * w, 0.3), 3)  # never matches
+    silent = np.full(5 * w, np.nan)
+    assert file_mode_problems("x", silent, 0)  # nothing to compare is not a match
+
+
 def check_summary(s: dict) -> None:
     assert REQUIRED_KEYS <= s.keys(), s
     assert set(s["block_ms"]) == {"p50", "p99", "max"} and set(s["latency_ms"]) == {"total", "device",
@@ -506,8 +555,9 @@ def test_live_through_jack(jack, probe_sd, tmp_path):
     """Probe -> dereverb live -> probe: the processed signal arrives, its lag is the reported latency,
     the summary is complete, and xruns stay near a pass-through run's.
 
-    What depends on the machine's scheduling (xrun counts) gets one more attempt with fresh runs if a
-    load burst spoils the first; everything else is asserted on every attempt.
+    What depends on the machine's scheduling (xrun counts, and with them how long the output matches
+    file mode) gets up to two more attempts with fresh runs if load bursts spoil the first; everything
+    else is asserted on every attempt.
     """
     _run_probe_test(jack, probe_sd, tmp_path, match_file_mode=False)
 
@@ -524,10 +574,17 @@ def _run_probe_test(jack, probe_sd, tmp_path, match_file_mode: bool) -> None:
     x = probe_signal(RATE, 5.0)
     expected = dereverb_array(x, RATE)  # file mode on the same input, time-aligned
     with Probe(probe_sd, RATE, x, tail=RATE // 4) as probe:
-        for attempt in (1, 2):
+        starved = []
+        for attempt in (1, 2, 3):
             problems = _live_runs_through_jack(jack, probe, x, expected, tmp_path / f"a{attempt}", match_file_mode)
             if not problems:
                 break
+            starved.append(any(p[0] == "pass" for p in problems))
+        if problems and all(starved):
+            # Even plain pass-through, which does no work, lost periods early in every attempt: the
+            # machine could not run a 5 ms audio cycle at all (seen with two busy processes on both
+            # cores), so nothing here can tell a fault in dereverb from the load.
+            pytest.skip(f"machine starved: pass-through itself failed in all attempts: {problems}")
         assert not problems, problems
 
 
@@ -565,13 +622,9 @@ def _live_runs_through_jack(jack, probe, x: np.ndarray, expected: np.ndarray, tm
         # (an xrun loses or repeats a period, and the model's state then takes a moment to converge).
         if match_file_mode and name != "pass":
             ref, _ = file_mode_reference(run.recording[lag:], x, RATE)
-        errs = window_errors(run.recording[lag:], ref, PERIOD)
-        bad = np.nan_to_num(errs, nan=0.0) > 0.02
-        events = s["xruns"] + run.probe_xruns
-        clusters = mismatch_clusters(bad, gap=RATE // PERIOD)  # bad windows within 1 s count as one stretch
-        if match_file_mode and (clusters > events or (events == 0 and bad.any()) or np.nanmedian(errs) >= 0.02):
-            problems.append((name, "differs from file mode beyond the xruns", clusters, events,
-                             float(np.nanmedian(errs))))
+        if match_file_mode:
+            errs = window_errors(run.recording[lag:], ref, PERIOD)
+            problems += file_mode_problems(name, errs, s["xruns"] + run.probe_xruns)
     # The latency dereverb adds over pass-through is exactly its algorithmic + buffering latency.
     for name in ("inline", "worker"):
         s = runs[name].summary

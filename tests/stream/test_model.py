@@ -106,3 +106,27 @@ def test_shipped_card_matches_graph(default_model):
         want = np.asarray(card["rest_state"][spec.name], np.float32)
         assert np.array_equal(np.take(rest[spec.name], [1], axis=spec.batch_axis), want)
     assert 1000 * (card["latency_samples"] + card["hop"] - 1) / card["sample_rate"] <= 32.0
+
+
+def test_pass_share_is_optional_and_checked(tmp_path, tiny_onnx, default_model):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from stream.model import ModelError, StepModel
+
+    assert default_model.has_pass_share  # the shipped model has a music gate
+    tiny = StepModel.load(tiny_onnx)
+    assert not tiny.has_pass_share
+    x = np.zeros((1, tiny.hop), np.float32)
+    y, share, _ = tiny.run_with_share(x, tiny.initial_state(1))
+    assert share is None and y.shape == x.shape
+    # A pass_share output of the wrong shape is refused, naming it.
+    proto = onnx.load(str(tiny_onnx))
+    g = proto.graph
+    g.node.append(helper.make_node("ReduceMean", ["audio"], ["pass_share"], keepdims=0, axes=[1]))
+    g.output.append(helper.make_tensor_value_info("pass_share", TensorProto.FLOAT, ["channels"]))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(proto, str(bad))
+    (tmp_path / "bad.json").write_text(tiny_onnx.with_suffix(".json").read_text())
+    with pytest.raises(ModelError, match="pass_share"):
+        StepModel.load(bad)

@@ -13,7 +13,8 @@ from tests.signals import speechlike
 
 
 class PoisonedModel:
-    """Wraps a StepModel; its ``run`` returns a NaN state (and output) on the calls listed in ``poison``."""
+    """Wraps a StepModel; its ``run_with_share`` (which the engine calls) returns a NaN state, output and
+    pass-through share on the calls listed in ``poison``."""
 
     def __init__(self, model, poison: set[int]) -> None:
         self._model, self._poison, self.calls = model, poison, 0
@@ -21,12 +22,17 @@ class PoisonedModel:
     def __getattr__(self, name):
         return getattr(self._model, name)
 
-    def run(self, audio, state):
-        y, new = self._model.run(audio, state)
+    def run_with_share(self, audio, state):
+        y, share, new = self._model.run_with_share(audio, state)
         self.calls += 1
         if self.calls in self._poison:
             new = {k: np.full_like(v, np.nan) for k, v in new.items()}
             y = np.full_like(y, np.nan)
+            share = None if share is None else np.full_like(share, np.nan)
+        return y, share, new
+
+    def run(self, audio, state):
+        y, _, new = self.run_with_share(audio, state)
         return y, new
 
 
@@ -116,6 +122,30 @@ def test_dc_offset_is_removed_before_the_model(default_model, rate):
     # Without the DC blocker this error was 1.2 (offset 0.1) to 3.1 (offset 0.4). It is not ~0 because a
     # recurrent model amplifies float rounding (the offset changes the input's rounding) over seconds.
     assert err < 0.2, err
+
+
+@pytest.mark.parametrize("rate", [16000, 48000])
+def test_music_the_gate_passes_keeps_its_dc(default_model, rate):
+    """Where the model passes its input through (near-clean music: its gate), the engine adds back what
+    the DC blocker removed, so the input comes out whole, offset included; on speech (the test above)
+    the blocker stays. Without the bypass this clip's offset was gone (mean ~0) and the clip came out
+    37.0 dB from its input; a DC-offset music render lost 8.6 dB SI-SDR to the blocker alone."""
+    import soundfile as sf
+
+    from pathlib import Path
+
+    x, sr = sf.read(str(Path(__file__).resolve().parents[1] / "data" / "music_brass.flac"), dtype="float32")
+    if rate != sr:
+        from stream.resample import Resampler
+
+        rs = Resampler(sr, rate)
+        x = rs.step(x[None, :], rs.initial_state(1))[0][0]
+    y = dereverb_array(x + np.float32(0.2), rate, model=default_model)
+    # The gate is sure within ~0.2 s and the bypass fades in over ~0.2 s (LOW_SMOOTH_S).
+    assert abs(float(y[rate:].mean()) - 0.2) < 0.01, float(y[rate:].mean())
+    # No thump: the offset fades in, it never steps (largest change of 10 ms means, in units of the offset).
+    means = y[: len(y) // (rate // 100) * (rate // 100)].reshape(-1, rate // 100).mean(axis=1)
+    assert float(np.abs(np.diff(means)).max()) < 0.2 * 0.25
 
 
 @pytest.mark.parametrize("rate", [16000, 48000])
