@@ -182,14 +182,13 @@ def _low_bypass(low: np.ndarray, share: np.ndarray, gain0: np.ndarray, hop: int,
     gains = np.empty((share.shape[0], share.shape[1] + 1), np.float32)
     gains[:, 0] = gain0[:, 0]
     for k in range(share.shape[1]):  # n is at most a few dozen hops per call; this runs per hop, not per sample
-        gains[:, k + 1] = gains[:, k] + a * (share[:, k] - gains[:, k])
+        g = gains[:, k] + a * (share[:, k] - gains[:, k])
+        # The fade never reaches 0 by itself; below 1e-4 (-80 dB) the gain is dropped, so a stream that is
+        # back to speech stops paying for the bypass. Per hop, not per call, so blocks cannot change it.
+        gains[:, k + 1] = np.where(g < 1e-4, np.float32(0.0), g)
     prev, new = gains[:, :-1, None], gains[:, 1:, None]
     ramp = (prev + (new - prev) * _hop_fade(hop)).reshape(share.shape[0], -1)
-    last = gains[:, -1:].copy()
-    # The fade never reaches 0 by itself; below 1e-4 (-80 dB) the remaining gain is dropped, so a stream
-    # that is back to speech stops paying for the bypass.
-    last[last < 1e-4] = 0.0
-    return ramp * low, last
+    return ramp * low, gains[:, -1:].copy()
 
 
 def engine_step(plan: Plan, block: np.ndarray, state: EngineState) -> tuple[np.ndarray, EngineState]:

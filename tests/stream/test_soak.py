@@ -32,13 +32,22 @@ def rss_mb() -> float:
 
 
 def soak_signal(seconds: float, seed: int = 0) -> np.ndarray:
-    """The bundled reverberant demo clip at 48 kHz, repeated with random gains (-30..0 dB), random pauses
-    and a little noise, float32 [frames, 1]."""
+    """Speech (the bundled reverberant demo clip) and, one time in three, music (the quality tests' dry
+    brass clip), at 48 kHz, repeated with random gains (-30..0 dB), random pauses and a little noise;
+    one clip in five sits on a DC offset (-0.1..0.1). float32 [frames, 1].
+
+    Why music and offsets: the music gate opens on the brass and closes on speech, so the gate's held
+    state and the engine's DC-blocker bypass (which follows the gate) are switched on and off
+    throughout the run, not only the paths speech takes."""
+    from pathlib import Path
+
     from stream.demo import DEMO_CLIP
 
-    clip, sr = sf.read(str(DEMO_CLIP), dtype="float32", always_2d=True)
-    rs = Resampler(sr, RATE)
-    clip48 = rs.step(np.ascontiguousarray(clip.T), rs.initial_state(1))[0][0]
+    clips = []
+    for path in (DEMO_CLIP, Path(__file__).resolve().parents[1] / "data" / "music_brass.flac"):
+        clip, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        rs = Resampler(sr, RATE)
+        clips.append(rs.step(np.ascontiguousarray(clip.T), rs.initial_state(1))[0][0])
     rng = np.random.default_rng(seed)
     n = int(seconds * RATE)
     out = np.empty((n, 1), np.float32)
@@ -47,10 +56,12 @@ def soak_signal(seconds: float, seed: int = 0) -> np.ndarray:
         pause = int(rng.integers(0, RATE))
         out[i : i + pause, 0] = 0.0
         i += pause
-        k = min(clip48.size, n - i)
+        clip = clips[1] if rng.random() < 1 / 3 else clips[0]
+        k = min(clip.size, n - i)
         if k <= 0:
             break
-        out[i : i + k, 0] = clip48[:k] * np.float32(10 ** (rng.uniform(-30, 0) / 20))
+        offset = rng.uniform(-0.1, 0.1) if rng.random() < 0.2 else 0.0
+        out[i : i + k, 0] = clip[:k] * np.float32(10 ** (rng.uniform(-30, 0) / 20)) + np.float32(offset)
         i += k
     out[:, 0] += rng.standard_normal(n).astype(np.float32) * np.float32(1e-4)
     return out
