@@ -54,6 +54,12 @@ threads = 2
     assert ckpt.exists() and (run / "last.pt").exists()
     # Resuming a finished run is a no-op that still succeeds.
     _py("-m", "training.train", "--config", str(config), cwd=ROOT)
+    # The overfit diagnostic: a few steps on 4 fixed examples must raise the gain on those examples.
+    out = _py("-m", "training.fit_check", str(ckpt), "--config", str(config), "--overfit", "4", "--steps", "20",
+              "--every", "10", "--lr", "1e-2", "--threads", "1", cwd=ROOT)
+    rows = [json.loads(line) for line in out.stdout.splitlines() if '"memorised"' in line]
+    assert [r["step"] for r in rows] == [0, 10, 20]
+    assert rows[-1]["memorised"] > rows[0]["memorised"] + 0.1, rows
     onnx_path = tmp_path / "tiny.onnx"
     out = _py("-m", "export", str(ckpt), "--out", str(onnx_path), cwd=ROOT)
     assert "parity" in out.stdout
