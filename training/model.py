@@ -471,10 +471,51 @@ def _ema_scan(power: Tensor, ema0: Tensor, decay: Tensor) -> Tensor:
 
 def init_weights(model: MaskLSTM, weights: dict[str, Tensor]) -> None:
     """Load a checkpoint's ``weights`` into ``model`` for fine-tuning. Layers the checkpoint lacks are
-    allowed only if they are GROWN_LAYERS (zero output at init); anything else that does not fit raises."""
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    allowed only if they are GROWN_LAYERS (zero output at init); a checkpoint with fewer LSTM units
+    (``hidden``) is widened by ``widen_lstm``; anything else that does not fit raises."""
+    own = model.state_dict()
+    if "lstm.weight_hh_l0" in weights and weights["lstm.weight_hh_l0"].shape[1] < model.cfg.hidden:
+        weights = widen_lstm(weights, own, weights["lstm.weight_hh_l0"].shape[1], model.cfg.hidden)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # shapes that differ other than by growth
+        raise ValueError(f"checkpoint does not fit this model: {e}") from None
     if unexpected or any(not k.startswith(GROWN_LAYERS) for k in missing):
         raise ValueError(f"checkpoint does not fit this model: missing {missing}, unexpected {unexpected}")
+
+
+def widen_lstm(weights: dict[str, Tensor], fresh: dict[str, Tensor], old: int, new: int) -> dict[str, Tensor]:
+    """A checkpoint's weights with ``old`` LSTM units per layer, widened to ``new`` so that the wider
+    model computes exactly what the checkpoint did (full-band models; the LSTM's gates stacked i, f, g, o).
+
+    ``fresh`` is the wider model's own (randomly initialised) state dict. The old units keep their
+    weights; the new units keep ``fresh``'s random weights on their inputs, so they carry a signal and
+    receive gradients from the start, while every weight *from* a new unit (into the old units, the
+    next layer, the mask and gate heads) starts at zero, so they change nothing until training moves
+    those weights. Function-preserving growth, as in Net2Net, without the symmetric copies."""
+    out = dict(weights)
+    for k, w in weights.items():
+        f = fresh.get(k)
+        if f is None or f.shape == w.shape:
+            continue
+        g = f.clone()
+        if k.startswith("lstm."):
+            # [4 old, ...] -> [4 new, ...]: gate blocks are widened separately.
+            g4 = g.reshape(4, new, *g.shape[1:])
+            w4 = w.reshape(4, old, *w.shape[1:])
+            if w.dim() == 2:
+                g4[:, :old, : w.shape[1]] = w4
+                g4[:, :, w.shape[1]:] = 0.0  # inputs from new units (the recurrence, or layer 1's input)
+            else:
+                g4[:, :old] = w4
+            out[k] = g4.reshape(g.shape)
+        elif w.dim() == 2 and w.shape[0] == g.shape[0]:  # a head reading the LSTM: zero on new units
+            g[:, : w.shape[1]] = w
+            g[:, w.shape[1]:] = 0.0
+            out[k] = g
+        else:
+            raise ValueError(f"cannot widen {k}: {tuple(w.shape)} -> {tuple(g.shape)}")
+    return out
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -134,6 +134,31 @@ def test_zero_initialised_additions_change_nothing(extra, head):
         assert not torch.allclose(grown.enhance(x), base.enhance(x), atol=1e-3)
 
 
+@pytest.mark.parametrize("extra", [{}, {"music_gate": True}, {"input_proj": 0, "layers": 3}])
+def test_a_widened_lstm_starts_where_the_narrow_one_was(extra):
+    # More LSTM units, started from a narrower checkpoint, must compute exactly what the checkpoint did,
+    # and the new units must be able to learn: their input weights are random, so they carry a signal
+    # and get gradients, and only the weights out of them start at zero.
+    torch.manual_seed(0)
+    narrow = MaskLSTM(ModelConfig(hidden=24, **extra)).eval()
+    with torch.no_grad():
+        narrow.mask.weight.normal_(0, 0.5)
+        if "music_gate" in extra:
+            narrow.music_gate.weight.normal_(0, 2.0)
+            narrow.music_gate.bias.fill_(0.0)
+    wide = MaskLSTM(ModelConfig(hidden=40, **extra)).eval()
+    init_weights(wide, narrow.state_dict())
+    x = torch.randn(2, 256 * 20) * 0.1
+    with torch.no_grad():
+        assert torch.allclose(wide.enhance(x), narrow.enhance(x), atol=1e-6)
+    assert wide.lstm.weight_ih_l0[24:40].abs().sum() > 0  # the new units' input gate rows are random
+    wide.train()
+    wide.enhance(x).pow(2).mean().backward()
+    assert wide.mask.weight.grad[:, 24:].abs().sum() > 0  # the mask head learns to read the new units
+    with pytest.raises(ValueError, match="does not fit"):  # narrowing is not growth
+        init_weights(MaskLSTM(ModelConfig(hidden=24, **extra)), wide.state_dict())
+
+
 @pytest.mark.parametrize("mask", ["complex", "magnitude"])
 def test_music_gate_open_is_the_model_and_shut_is_pass_through(mask):
     from training.model import GATE_OPEN, GATE_SHUT
