@@ -22,6 +22,7 @@ learning the whole distribution (capacity, training length), not what the mask c
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -30,11 +31,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from export.onnx_export import load_checkpoint
-from training.config import load_config
+from training.config import TrainConfig, load_config
 from training.dataset import ReverbDataset
-from training.config import TrainConfig
 from training.model import MaskLSTM
-from training.train import _collate, batch_start, compute_loss, make_loaders, validate
+from training.train import _collate, batch_start, compute_loss, make_loaders, optimise, validate
 
 
 def overfit(model: MaskLSTM, cfg: TrainConfig, val, count: int, steps: int, lr: float, every: int,
@@ -49,7 +49,8 @@ def overfit(model: MaskLSTM, cfg: TrainConfig, val, count: int, steps: int, lr: 
     """
     pool = ReverbDataset(cfg.data.corpus, cfg.data.rooms, "train", segment_seconds=cfg.data.segment_seconds,
                          length=count * 20, seed=seed, kinds=("speech",))
-    items = [x for x in (pool[i] for i in range(len(pool))) if x["rt60"] >= 0.4][:count]
+    # Rendered lazily: stop at the count-th reverberant example instead of rendering the whole pool.
+    items = list(itertools.islice((x for x in (pool[i] for i in range(len(pool))) if x["rt60"] >= 0.4), count))
     if len(items) < count:
         raise ValueError(f"found only {len(items)} training examples with RT60 >= 0.4 s")
     bs = cfg.optim.batch_size
@@ -69,10 +70,7 @@ def overfit(model: MaskLSTM, cfg: TrainConfig, val, count: int, steps: int, lr: 
         b = batches[step % len(batches)]
         start, rest = batch_start(model, cfg, b["mixture"].shape[0], step, None, rest)
         loss, _, _ = compute_loss(model, b, cfg, start=start)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        opt.step()
+        optimise(model, opt, loss, cfg.optim.grad_clip)
         spent += time.perf_counter() - t0
     return rows
 

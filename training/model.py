@@ -473,9 +473,8 @@ def init_weights(model: MaskLSTM, weights: dict[str, Tensor]) -> None:
     """Load a checkpoint's ``weights`` into ``model`` for fine-tuning. Layers the checkpoint lacks are
     allowed only if they are GROWN_LAYERS (zero output at init); a checkpoint with fewer LSTM units
     (``hidden``) is widened by ``widen_lstm``; anything else that does not fit raises."""
-    own = model.state_dict()
     if "lstm.weight_hh_l0" in weights and weights["lstm.weight_hh_l0"].shape[1] < model.cfg.hidden:
-        weights = widen_lstm(weights, own, weights["lstm.weight_hh_l0"].shape[1], model.cfg.hidden)
+        weights = widen_lstm(weights, model.state_dict(), weights["lstm.weight_hh_l0"].shape[1], model.cfg.hidden)
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as e:  # shapes that differ other than by growth

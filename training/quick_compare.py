@@ -32,7 +32,7 @@ import torch
 from training.config import LossConfig, TrainConfig
 from training.dataset import ReverbDataset
 from training.model import MaskLSTM, ModelConfig, init_weights
-from training.train import _collate, compute_loss, si_sdr_db
+from training.train import _collate, compute_loss, optimise, si_sdr_db
 
 VARIANTS = {
     "complex-snr": ({}, False),
@@ -82,10 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     for step in range(args.steps):
         b = _collate([train[step * 16 + j] for j in range(16)])
         loss, _, _ = compute_loss(model, b, cfg)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
+        optimise(model, opt, loss, cfg.optim.grad_clip)
         if (step + 1) % 100 == 0:
             with torch.no_grad():
                 o, r = model.enhance(vb["mixture"])[:, lat:], vb["early"][:, :-lat]

@@ -108,6 +108,14 @@ def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig, start: dict[str
     return loss, si_sdr_db(out.detach(), ref), carried
 
 
+def optimise(model: MaskLSTM, opt: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float) -> None:
+    """One optimiser step on ``loss``: gradients, clipped to a global norm of ``grad_clip``, applied."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+
+
 def batch_start(model: MaskLSTM, cfg: TrainConfig, batch: int, step: int, carried: dict[str, torch.Tensor] | None,
                 rest: dict[str, torch.Tensor] | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The state a training batch of ``batch`` slots starts from, and the rest state (recomputed every
@@ -245,10 +253,7 @@ def train(cfg: TrainConfig) -> Path:
             start, rest = batch_start(model, cfg, batch["mixture"].shape[0], step, carried, rest)
             loss, sdr, carried = compute_loss(model, batch, cfg, start)
             step += 1
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            opt.step()
+            optimise(model, opt, loss, cfg.optim.grad_clip)
             sched.step()
             running.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(running[-50:]):.2f}", lr=f"{sched.get_last_lr()[0]:.1e}")
