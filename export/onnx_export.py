@@ -53,7 +53,10 @@ def state_shapes(model: MaskLSTM) -> dict[str, dict]:
         "time_h": "second-stage (learned time-domain basis) LSTM hidden state",
         "time_c": "second-stage (learned time-domain basis) LSTM cell state",
         "music_hold": f"music gate's held pass-through share (0 = the model's mask, 1 = pass-through), released "
-                      f"with a {cfg.music_hold_seconds} s time constant",
+                      f"with a {cfg.music_hold_seconds} s time constant"
+                      + (f", then the last {cfg.music_clear_frames - 1} raw shares ({cfg.music_clear_frames} "
+                         f"sure-speech frames in a row clear the hold)" if cfg.music_clear_frames > 1 else "")
+                      + ("; open (1) in the rest state" if cfg.music_start_open else ""),
     }
     out = {}
     for name, tensor in model.initial_state(1).items():
@@ -111,6 +114,26 @@ def export_onnx(model: MaskLSTM, path: Path) -> None:
         )
 
 
+def training_stages(summary: dict) -> list[dict]:
+    """The runs that made a checkpoint, first to last: each training run's summary names the run it
+    continued (``base``), and a music gate's (``music_gate``) comes after the run it sits on."""
+    stages = training_stages(summary["base"]) if "base" in summary else []
+    if "config" in summary:
+        cfg = summary["config"]
+        init_from = cfg.get("optim", {}).get("init_from")
+        if init_from and "base" not in summary:
+            # A run that continued a checkpoint from before runs recorded their base: named, not timed.
+            stages.append({"out_dir": str(Path(init_from).parent), "init_from": None, "epochs": None,
+                           "train_seconds": None, "recorded": False})
+        stages.append({"out_dir": cfg.get("out_dir"), "init_from": cfg.get("optim", {}).get("init_from") or None,
+                       "epochs": summary.get("epochs"), "train_seconds": summary.get("train_seconds")})
+    gate = summary.get("music_gate")
+    if gate:
+        stages.append({"out_dir": gate["config"].get("out_dir"), "init_from": gate.get("base_checkpoint"),
+                       "epochs": gate.get("epochs"), "train_seconds": gate.get("train_seconds")})
+    return stages
+
+
 def describe_data(summary: dict) -> dict:
     """Corpus and room-bank facts for the card, read from the manifests the run trained on (if present)."""
     data = summary.get("config", {}).get("data", {})
@@ -156,6 +179,8 @@ def build_card(model: MaskLSTM, ckpt: dict, name: str, metrics: dict | None,
     import onnxruntime
 
     cfg = model.cfg
+    summary = ckpt.get("summary", {})
+    stages = training_stages(summary)
     return {
         "format": CARD_FORMAT,
         "name": name,
@@ -180,7 +205,9 @@ def build_card(model: MaskLSTM, ckpt: dict, name: str, metrics: dict | None,
         "model_config": cfg.to_dict(),
         "parameters": count_parameters(model),
         "macs_per_second": macs_per_hop(cfg) * cfg.sample_rate // cfg.hop,
-        "training": {**ckpt.get("summary", {}), "data": describe_data(ckpt.get("summary", {}))},
+        "training": {**summary, "data": describe_data(summary), "stages": stages,
+                     # Time to each stage's kept checkpoint, over the stages whose summaries were recorded.
+                     "train_seconds_total": round(sum(st["train_seconds"] or 0.0 for st in stages), 1)},
         "metrics": metrics or {},
         "software": {
             "torch": torch.__version__,
@@ -276,6 +303,8 @@ def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, metr
         # The card has no rest_state yet, so the runtime's loader computes it from rest_state_seconds on
         # the exported graph; store that exact state, so every later load gets it for free.
         rest = StepModel.load(tmp).initial_state(1)
+        if model.cfg.music_start_open and "music_hold" in rest:
+            rest["music_hold"] = np.ones_like(rest["music_hold"])  # as MaskLSTM.rest_state: held open
         card["rest_state"] = {k: v.tolist() for k, v in rest.items()}
         attach_card(tmp, card)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a shipped model is world-readable

@@ -116,6 +116,16 @@ class ModelConfig:
     # note between notes looks like neither music nor speech, and processing near-clean music for even
     # a few frames costs many dB; a voice activity detector's hang-over, for the same reason.
     music_hold_seconds: float = 1.0
+    # With the hold: only this many sure-speech frames in a row clear it (state "music_hold" also keeps
+    # the last music_clear_frames - 1 raw shares). Why: from the rest state the head needs a few frames
+    # to tell music from speech, and a lone frame it calls speech inside a note must not end the hold.
+    music_clear_frames: int = 1
+    # With the hold: the rest state (every stream's start, and reset) has the hold open, so a stream
+    # passes its input through until the head is sure of speech. Why: near-clean music processed for its
+    # first 5 to 10 frames lost up to 13 dB SI-SDR; speech waits music_clear_frames hops (docs/model.md).
+    # Not for shipping as it is: silence clears the open hold, so the rest state is no longer the state
+    # silence leads to, and a live stream (silence first) departs from file mode at its start.
+    music_start_open: bool = False
 
     @property
     def bins(self) -> int:
@@ -265,7 +275,7 @@ class MaskLSTM(nn.Module):
             state["time_h"] = torch.zeros(1, batch, cfg.time_hidden)
             state["time_c"] = torch.zeros(1, batch, cfg.time_hidden)
         if "music_hold" in cfg.state_names:
-            state["music_hold"] = torch.zeros(batch, 1)
+            state["music_hold"] = torch.zeros(batch, cfg.music_clear_frames)
         return state
 
     @torch.no_grad()
@@ -277,6 +287,8 @@ class MaskLSTM(nn.Module):
         if hops:
             res = self(torch.zeros(1, hops * self.cfg.hop), *(state[k] for k in self.state_names))
             state = dict(zip(self.state_names, res[1:]))
+        if self.cfg.music_start_open and "music_hold" in state:
+            state["music_hold"] = torch.ones_like(state["music_hold"])  # held open, no sure frame yet
         return {k: v.repeat_interleave(batch, dim=channel_axis(k)) for k, v in state.items()}
 
     def forward(self, audio: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
@@ -289,7 +301,8 @@ class MaskLSTM(nn.Module):
             with ``band_width``, band_h, band_c [band_layers, B, bands, band_hidden];
             with ``lp_taps``, spec_past [B, lp_frames, 2F] (past frames' spectra, re then im);
             with ``time_basis``, time_h, time_c [1, B, time_hidden];
-            with ``music_gate`` and ``music_hold_seconds`` > 0, music_hold [B, 1] (the held pass-through share).
+            with ``music_gate`` and ``music_hold_seconds`` > 0, music_hold [B, k] (the held pass-through
+            share, then the last k - 1 raw shares; k = ``music_clear_frames``).
         Returns:
             (audio_out [B, n * hop] delayed by ``win - hop`` samples, then each state's new value in
             the same order).
@@ -339,10 +352,10 @@ class MaskLSTM(nn.Module):
         if self.cfg.music_gate:
             logit = self.music_gate(hidden)[..., 0]  # [B, n]
             self.last_music_logit = logit
-            share = pass_share(logit, named.get("music_hold"), self.cfg)  # [B, n]
+            share, hold = gate_shares(logit, named.get("music_hold"), self.cfg)  # [B, n], [B, k]
             self.last_pass_share = share
-            if "music_hold" in named:
-                held = (share[:, -1:],)
+            if hold is not None:
+                held = (hold,)
             passed = share.unsqueeze(-1)  # written as mask + passed * (1 - mask): exactly the mask where 0
         if self.cfg.mask == "magnitude":
             mask = torch.sigmoid(z)
@@ -419,37 +432,53 @@ class MaskLSTM(nn.Module):
 
 def pass_share(logit: Tensor, hold: Tensor | None, cfg: ModelConfig) -> Tensor:
     """The music gate's pass-through share per frame, [B, n] in [0, 1], from the head's logits [B, n]
-    and, with a hold, the held share before the first frame (state "music_hold" [B, 1]).
+    and, with a hold, the hold state before the first frame (state "music_hold" [B, k])."""
+    return gate_shares(logit, hold, cfg)[0]
+
+
+def gate_shares(logit: Tensor, hold: Tensor | None, cfg: ModelConfig) -> tuple[Tensor, Tensor | None]:
+    """The pass-through share per frame [B, n] and the new hold state [B, k] (None without a hold).
 
     Clipped, so a frame that is surely speech (p <= GATE_OPEN) gets exactly the model's mask and one
     that is surely music (p >= GATE_SHUT) exactly 1: the model is unchanged on speech and transparent on
-    music. The last frame's value is the new "music_hold"."""
+    music. The hold state is the last frame's share, then the last k - 1 raw (unheld) shares, oldest
+    first (k = cfg.music_clear_frames)."""
     keep = torch.clamp((GATE_SHUT - torch.sigmoid(logit)) / (GATE_SHUT - GATE_OPEN), 0.0, 1.0)
-    share = 1.0 - keep
+    raw = 1.0 - keep
     if hold is None:
-        return share
-    return _hold(share, hold, cfg.hop / (cfg.sample_rate * cfg.music_hold_seconds))
+        return raw, None
+    share = _hold(raw, hold, cfg.hop / (cfg.sample_rate * cfg.music_hold_seconds))
+    k = hold.shape[1]
+    if k == 1:
+        return share, share[:, -1:]
+    past = torch.cat([hold[:, 1:], raw], 1)[:, -(k - 1):]
+    return share, torch.cat([share[:, -1:], past], 1)
 
 
 def _hold(raw: Tensor, prev: Tensor, rate: float) -> Tensor:
-    """Peak hold with exponential release along frames, cleared by sure speech:
-    out_t = 0 where raw_t = 0, else max(raw_t, e^-rate out_{t-1}).
+    """Peak hold with exponential release along frames, cleared by k sure-speech frames in a row:
+    out_t = 0 where raw_t-k+1..raw_t are all 0, else max(raw_t, e^-rate out_{t-1}).
 
-    raw [B, n] in [0, 1] (the pass-through share; 0 = the head is sure of speech), prev [B, 1] (out
-    before the first frame) -> out [B, n]. A frame the head is sure is speech clears the hold, so the
-    hold only bridges frames it is unsure of and never delays the model's return on speech. Written as
-    a max over a lower-triangular [n, n] table of decayed values, masked where a clearing frame lies in
-    between (a cumulative count), instead of a loop over frames: the ONNX graph stays elementwise ops,
-    one CumSum and one ReduceMax (n is at most the engine's hops per call)."""
-    n = raw.shape[1]
+    raw [B, n] in [0, 1] (the pass-through share; 0 = the head is sure of speech), prev [B, k] (out
+    before the first frame, then the k - 1 raw shares before it, oldest first) -> out [B, n]. Clearing
+    on sure speech means the hold only bridges frames the head is unsure of and never delays the
+    model's return on speech by more than k - 1 frames. Written as a max over a lower-triangular [n, n]
+    table of decayed values, masked where a clearing frame lies in between (a cumulative count),
+    instead of a loop over frames: the ONNX graph stays elementwise ops, one CumSum and one ReduceMax
+    (n is at most the engine's hops per call)."""
+    n, k = raw.shape[1], prev.shape[1]
     t = torch.arange(n, dtype=raw.dtype, device=raw.device)
-    lag = t[:, None] - t[None, :]  # [t, k]
-    cleared = torch.cumsum((raw <= 0.0).to(raw.dtype), dim=1)  # [B, n]: clearing frames up to t
-    # raw_k reaches frame t if k <= t and no clearing frame lies in (k, t].
+    lag = t[:, None] - t[None, :]  # [t, s]
+    sure = torch.cat([prev[:, 1:], raw], 1) <= 0.0  # [B, k - 1 + n]
+    clear = sure[:, k - 1:]
+    for j in range(1, k):  # and the j frames before were sure too
+        clear = clear & sure[:, k - 1 - j: k - 1 - j + n]
+    cleared = torch.cumsum(clear.to(raw.dtype), dim=1)  # [B, n]: clearing frames up to t
+    # raw_s reaches frame t if s <= t and no clearing frame lies in (s, t]; a clearing frame's raw is 0.
     reach = (lag[None] >= 0) & (cleared[:, :, None] == cleared[:, None, :])
     decay = torch.exp(-rate * lag.clamp_min(0.0))[None]
     held = torch.where(reach, raw[:, None, :] * decay, torch.zeros_like(decay)).amax(-1)
-    carry = torch.where(cleared == 0, prev * torch.exp(-rate * (t + 1.0))[None, :], torch.zeros_like(raw))
+    carry = torch.where(cleared == 0, prev[:, :1] * torch.exp(-rate * (t + 1.0))[None, :], torch.zeros_like(raw))
     return torch.maximum(held, carry)
 
 

@@ -220,9 +220,12 @@ def train(cfg: TrainConfig) -> Path:
     random.seed(cfg.optim.seed)
     np.random.seed(cfg.optim.seed)
     model = MaskLSTM(cfg.model)
+    base_summary: dict | None = None
     if cfg.optim.init_from:
         # A grown model (a new prediction head or second stage) starts at the checkpoint's quality.
-        init_weights(model, torch.load(cfg.optim.init_from, map_location="cpu", weights_only=True)["model"])
+        init = torch.load(cfg.optim.init_from, map_location="cpu", weights_only=True)
+        init_weights(model, init["model"])
+        base_summary = init.get("summary")
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     train_ds, _, train_loader, val_loader = make_loaders(cfg)
     steps_per_epoch = math.ceil(len(train_ds) / cfg.optim.batch_size)
@@ -268,6 +271,8 @@ def train(cfg: TrainConfig) -> Path:
             "train_seconds": round(elapsed, 1),
             "audio_hours_seen": round((epoch + 1) * len(train_ds) * cfg.data.segment_seconds / 3600, 2),
             "val": val,
+            # The run this one continued, and so on back to the first: the card states the whole recipe.
+            **({"base": base_summary} if base_summary else {}),
         }
         score = _score(val, cfg.optim.select)
         ckpt = {

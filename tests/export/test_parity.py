@@ -13,8 +13,10 @@ from training.model import MaskLSTM, ModelConfig  # noqa: E402
 
 @pytest.fixture(scope="module", params=[{}, {"ema_seconds": (0.05, 0.5)}, {"band_width": 8, "band_hidden": 16},
                         {"band_width": 8, "band_hidden": 16, "lp_taps": 4}, {"lp_taps": 3},
-                        {"time_basis": 32, "time_hidden": 16}, {"music_gate": True}],
-                ids=["plain", "ema", "subband", "subband-lp", "fullband-lp", "two-stage", "music-gate"])
+                        {"time_basis": 32, "time_hidden": 16}, {"music_gate": True},
+                        {"music_gate": True, "music_clear_frames": 3, "music_start_open": True}],
+                ids=["plain", "ema", "subband", "subband-lp", "fullband-lp", "two-stage", "music-gate",
+                     "music-gate-open"])
 def exported(tmp_path_factory, request):
     torch.manual_seed(1)
     model = MaskLSTM(ModelConfig(hidden=48, **request.param)).eval()
@@ -96,3 +98,26 @@ def test_pass_share_output_is_the_gates_share(exported):
     want = model.last_pass_share.numpy()
     assert share.shape == (2, 12) and np.abs(share - want).max() < 1e-5
     assert 0.0 < want.mean() < 1.0  # both sides of the gate occur, so the comparison means something
+
+
+def test_streams_start_from_the_rest_state_torch_starts_from(exported):
+    """The card's rest state is where every stream starts; from it, torch and the graph agree (for a
+    gate that starts open, its hold is 1 there and k wide)."""
+    from stream.model import StepModel
+
+    model, path, card = exported
+    step = StepModel.load(path)
+    rest = step.initial_state(2)
+    if model.cfg.music_start_open:
+        assert rest["music_hold"].shape == (2, model.cfg.music_clear_frames)
+        assert (rest["music_hold"] == 1.0).all()
+    x = (np.random.default_rng(4).standard_normal((2, 256 * 30)) * 0.1).astype(np.float32)
+    y, _ = step.run(x, rest)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x), *(torch.from_numpy(rest[k]) for k in model.state_names))[0].numpy()
+    assert np.abs(y - want).max() < 1e-4
+    if model.cfg.music_start_open:  # open at the start: the first hops pass through more than from zero
+        _, share_open, _ = step.run_with_share(x, rest)
+        shut = {**rest, "music_hold": np.zeros_like(rest["music_hold"])}
+        _, share_shut, _ = step.run_with_share(x, shut)
+        assert (share_open >= share_shut - 1e-6).all() and share_open[:, 0].min() > 0.9

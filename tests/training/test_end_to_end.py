@@ -73,6 +73,19 @@ threads = 2
     y = np.concatenate([d.process(x[:1000]), d.process(x[1000:])])
     assert y.shape == x.shape and np.isfinite(y).all() and np.abs(y).max() > 0
 
+    # A second stage continues the first (one epoch at a lower rate); the gate then goes on the second.
+    stage2_config = tmp_path / "stage2.toml"
+    stage2_config.write_text(f"""
+base = "{config}"
+out_dir = "{tmp_path / 'stage2'}"
+[optim]
+epochs = 1
+lr = 1e-4
+init_from = "{ckpt}"
+""")
+    _py("-m", "training.train", "--config", str(stage2_config), cwd=ROOT)
+    ckpt = tmp_path / "stage2" / "best.pt"
+
     # The music gate on the trained model: only its head trains, the rest stays the checkpoint's.
     gate_config = tmp_path / "gate.toml"
     gate_config.write_text(f"""
@@ -98,5 +111,11 @@ init_from = "{ckpt}"
     _py("-m", "export", str(tmp_path / "gate" / "best.pt"), "--out", str(gate_onnx), cwd=ROOT)
     gm = StepModel.load(gate_onnx)
     assert "music_hold" in {s.name for s in gm.states}
+    # The card names every run that made the model, first to last, and their total time.
+    stages = gm.card["training"]["stages"]
+    assert [st["out_dir"] for st in stages] == [str(run), str(tmp_path / "stage2"), str(tmp_path / "gate")]
+    assert [st["init_from"] for st in stages] == [None, str(run / "best.pt"), str(ckpt)]
+    assert gm.card["training"]["train_seconds_total"] == pytest.approx(sum(st["train_seconds"] for st in stages),
+                                                                       abs=0.2)
     y = Dereverberator(gm, sample_rate=16000).process(x[:16000, 0])
     assert y.shape == (16000,) and np.isfinite(y).all()

@@ -189,23 +189,41 @@ def test_music_gate_open_is_the_model_and_shut_is_pass_through(mask):
     assert grown.last_music_logit is not None and grown.last_music_logit.shape == (1, 20)
 
 
-def test_music_hold_is_a_peak_hold_cleared_by_sure_speech():
+@pytest.mark.parametrize("k", [1, 3])
+def test_music_hold_is_a_peak_hold_cleared_by_sure_speech(k):
     # The closed form (a masked max over a table, for the ONNX graph) against the recursion it stands
-    # for, across block boundaries: out_t = 0 where raw_t = 0, else max(raw_t, e^-rate out_{t-1}).
-    from training.model import _hold
+    # for, across block boundaries: out_t = 0 where raw_t-k+1..raw_t are all 0 (k sure-speech frames in
+    # a row), else max(raw_t, e^-rate out_{t-1}); the state carries out and the last k - 1 raw shares.
+    from training.model import GATE_OPEN, GATE_SHUT, gate_shares
 
     torch.manual_seed(0)
     raw = torch.rand(3, 40)
-    raw[raw < 0.3] = 0.0
+    raw[raw < 0.45] = 0.0
     raw[0, :12] = torch.linspace(0.9, 0.1, 12)  # a long unsure stretch: only the hold decides
-    prev, rate = torch.rand(3, 1), 0.1
-    expect, o = torch.zeros_like(raw), prev[:, 0]
+    raw[1, 20:24] = 0.0  # four sure frames in a row: clears for every k <= 4
+    raw[2, 30:32] = torch.tensor([0.0, 0.0])
+    raw[2, 32] = 0.5  # two sure frames, then unsure: clears only for k <= 2
+    cfg = ModelConfig(music_gate=True, music_clear_frames=k)
+    rate = cfg.hop / (cfg.sample_rate * cfg.music_hold_seconds)
+    # Logits that give exactly these raw shares (p = GATE_OPEN + raw (GATE_SHUT - GATE_OPEN)).
+    p = GATE_OPEN + raw * (GATE_SHUT - GATE_OPEN)
+    logit = torch.log(p / (1 - p)) - (raw <= 0).float() * 5.0
+    prev = torch.cat([torch.rand(3, 1), torch.ones(3, k - 1)], 1)  # held share, then unsure past frames
+    expect, o, past = torch.zeros_like(raw), prev[:, 0], [prev[:, j] for j in range(1, k)]
     for t in range(raw.shape[1]):
-        o = torch.where(raw[:, t] <= 0, torch.zeros(3), torch.maximum(raw[:, t], o * math.exp(-rate)))
+        window = [*past, raw[:, t]][-k:]
+        clear = torch.stack([w <= 0 for w in window]).all(0)
+        o = torch.where(clear, torch.zeros(3), torch.maximum(raw[:, t], o * math.exp(-rate)))
         expect[:, t] = o
-    assert torch.allclose(_hold(raw, prev, rate), expect, atol=1e-6)
-    first = _hold(raw[:, :17], prev, rate)
-    assert torch.allclose(torch.cat([first, _hold(raw[:, 17:], first[:, -1:], rate)], 1), expect, atol=1e-6)
+        past = (past + [raw[:, t]])[1:] if k > 1 else []
+    share, hold = gate_shares(logit, prev, cfg)
+    assert torch.allclose(share, expect, atol=1e-5)
+    first, mid = gate_shares(logit[:, :17], prev, cfg)
+    second, _ = gate_shares(logit[:, 17:], mid, cfg)
+    assert torch.allclose(torch.cat([first, second], 1), expect, atol=1e-5)
+    assert hold.shape == (3, k)
+    # Frame 20 is sure but cleared only for k = 1; frame 23 (the fourth sure frame) clears for all k.
+    assert float(share[1, 23]) == 0.0 and (float(share[1, 20]) == 0.0) == (k == 1 or float(expect[1, 20]) == 0.0)
 
 
 def test_complex_mask_never_amplifies_a_bin():
