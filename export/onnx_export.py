@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from stream.model import PASS_SHARE, StepModel
-from training.model import MaskLSTM, ModelConfig, channel_axis, count_parameters, macs_per_hop
+from training.model import (MaskLSTM, ModelConfig, channel_axis, count_parameters, macs_per_hop,
+                            rest_overrides)
 
 OPSET = 17
 CARD_FORMAT = "dereverb-step-model/1"
@@ -125,7 +126,7 @@ def training_stages(summary: dict) -> list[dict]:
             # A run that continued a checkpoint from before runs recorded their base: named, not timed.
             stages.append({"out_dir": str(Path(init_from).parent), "init_from": None, "epochs": None,
                            "train_seconds": None, "recorded": False})
-        stages.append({"out_dir": cfg.get("out_dir"), "init_from": cfg.get("optim", {}).get("init_from") or None,
+        stages.append({"out_dir": cfg.get("out_dir"), "init_from": init_from or None,
                        "epochs": summary.get("epochs"), "train_seconds": summary.get("train_seconds")})
     gate = summary.get("music_gate")
     if gate:
@@ -303,8 +304,8 @@ def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, metr
         # The card has no rest_state yet, so the runtime's loader computes it from rest_state_seconds on
         # the exported graph; store that exact state, so every later load gets it for free.
         rest = StepModel.load(tmp).initial_state(1)
-        if model.cfg.music_start_open and "music_hold" in rest:
-            rest["music_hold"] = np.ones_like(rest["music_hold"])  # as MaskLSTM.rest_state: held open
+        for state_name, value in rest_overrides(model.cfg).items():  # as MaskLSTM.rest_state
+            rest[state_name] = np.full_like(rest[state_name], value)
         card["rest_state"] = {k: v.tolist() for k, v in rest.items()}
         attach_card(tmp, card)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a shipped model is world-readable

@@ -287,8 +287,8 @@ class MaskLSTM(nn.Module):
         if hops:
             res = self(torch.zeros(1, hops * self.cfg.hop), *(state[k] for k in self.state_names))
             state = dict(zip(self.state_names, res[1:]))
-        if self.cfg.music_start_open and "music_hold" in state:
-            state["music_hold"] = torch.ones_like(state["music_hold"])  # held open, no sure frame yet
+        for name, value in rest_overrides(self.cfg).items():
+            state[name] = torch.full_like(state[name], value)
         return {k: v.repeat_interleave(batch, dim=channel_axis(k)) for k, v in state.items()}
 
     def forward(self, audio: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
@@ -428,6 +428,12 @@ class MaskLSTM(nn.Module):
         """
         state = self.initial_state(audio.shape[0])
         return self(audio, *(state[k].to(audio) for k in self.state_names))[0]
+
+
+def rest_overrides(cfg: ModelConfig) -> dict[str, float]:
+    """States whose rest value is set, not reached by silence: {state name: value for every element}.
+    With ``music_start_open``, the hold is open (1) and no frame before the first was sure speech."""
+    return {"music_hold": 1.0} if cfg.music_start_open and "music_hold" in cfg.state_names else {}
 
 
 def pass_share(logit: Tensor, hold: Tensor | None, cfg: ModelConfig) -> Tensor:

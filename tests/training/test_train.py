@@ -222,8 +222,10 @@ def test_music_hold_is_a_peak_hold_cleared_by_sure_speech(k):
     second, _ = gate_shares(logit[:, 17:], mid, cfg)
     assert torch.allclose(torch.cat([first, second], 1), expect, atol=1e-5)
     assert hold.shape == (3, k)
-    # Frame 20 is sure but cleared only for k = 1; frame 23 (the fourth sure frame) clears for all k.
-    assert float(share[1, 23]) == 0.0 and (float(share[1, 20]) == 0.0) == (k == 1 or float(expect[1, 20]) == 0.0)
+    assert float(share[1, 23]) == 0.0  # the fourth sure frame in a row clears for every k <= 4
+    # A lone sure frame inside a held stretch ends the hold only when one frame is enough.
+    lone = ((raw[:, 1:-1] <= 0) & (raw[:, :-2] > 0) & (raw[:, 2:] > 0) & (expect[:, :-2] > 0.3)).nonzero()
+    assert len(lone) and all((float(share[b, t + 1]) > 0) == (k > 1) for b, t in lone.tolist())
 
 
 def test_complex_mask_never_amplifies_a_bin():
