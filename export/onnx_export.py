@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import tempfile
+import tomllib
 import warnings
 from pathlib import Path
 
@@ -29,9 +30,18 @@ OPSET = 17
 CARD_FORMAT = "dereverb-step-model/1"
 
 
-def load_checkpoint(path: str | Path) -> tuple[MaskLSTM, dict]:
-    """Load a training checkpoint safely (``weights_only=True``: no pickled code runs)."""
+def load_checkpoint(path: str | Path, overrides: dict | None = None) -> tuple[MaskLSTM, dict]:
+    """Load a training checkpoint safely (``weights_only=True``: no pickled code runs). ``overrides``
+    {ModelConfig field: value} change settings that carry no weights (the music hold's, say); one that
+    changes a weight's shape fails the strict load. The returned checkpoint's ``model_config`` is the
+    overridden one, and ``export_overrides`` records what was changed."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if overrides:
+        unknown = set(overrides) - set(ModelConfig().to_dict())
+        if unknown:
+            raise ValueError(f"not ModelConfig fields: {sorted(unknown)}")
+        ckpt["model_config"] = {**ckpt["model_config"], **overrides}
+        ckpt["export_overrides"] = dict(overrides)
     model = MaskLSTM(ModelConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     model.eval()
@@ -204,6 +214,8 @@ def build_card(model: MaskLSTM, ckpt: dict, name: str, metrics: dict | None,
             "note": "per hop, 0..1: how much of the hop the model passes through unchanged (its music gate)"}}}
            if cfg.music_gate else {}),
         "model_config": cfg.to_dict(),
+        # Settings changed at export (python -m export --set model.KEY=VALUE) from the checkpoint's own.
+        **({"export_overrides": ckpt["export_overrides"]} if "export_overrides" in ckpt else {}),
         "parameters": count_parameters(model),
         "macs_per_second": macs_per_hop(cfg) * cfg.sample_rate // cfg.hop,
         "training": {**summary, "data": describe_data(summary), "stages": stages,
@@ -285,9 +297,10 @@ def _uneven_splits(total: int, rng: np.random.Generator) -> list[int]:
 
 
 def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, metrics: dict | None = None,
-                      rest_seconds: float = REST_STATE_SECONDS) -> dict:
-    """Export, attach the card, check parity; write atomically. Returns the card."""
-    model, ckpt = load_checkpoint(checkpoint)
+                      rest_seconds: float = REST_STATE_SECONDS, overrides: dict | None = None) -> dict:
+    """Export, attach the card, check parity; write atomically. Returns the card. ``overrides``: see
+    ``load_checkpoint``; the .pt written beside the model carries the overridden config."""
+    model, ckpt = load_checkpoint(checkpoint, overrides)
     name = name or out.stem
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(suffix=".onnx", dir=out.parent)
@@ -315,7 +328,7 @@ def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, metr
     out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     # The weights alone (no optimizer state) beside the ONNX: the torch side of the shipped pair,
     # for parity tests and fine-tuning; loadable with torch.load(weights_only=True).
-    weights = {k: ckpt[k] for k in ("model_config", "model", "summary") if k in ckpt}
+    weights = {k: ckpt[k] for k in ("model_config", "model", "summary", "export_overrides") if k in ckpt}
     torch.save(weights, out.with_suffix(".pt"))
     return card
 
@@ -329,13 +342,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", type=Path, help="evaluation JSON to embed in the card")
     parser.add_argument("--rest-seconds", type=float, default=REST_STATE_SECONDS,
                         help="seconds of silence that lead to the start state stored in the card (default %(default)s)")
+    parser.add_argument("--set", action="append", default=[], metavar="model.KEY=VALUE",
+                        help="change a model setting that carries no weights (TOML literal), e.g. "
+                             "--set model.music_clear_frames=3; recorded in the card")
     args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if not key.startswith("model."):
+            parser.error(f"--set takes model.KEY=VALUE, got {item!r}")
+        overrides[key.removeprefix("model.")] = tomllib.loads(f"v = {value}")["v"]
     metrics = None
     if args.metrics:
         full = json.loads(args.metrics.read_text())
         # The card carries the evaluation's tables, not its per-example rows.
         metrics = {k: full[k] for k in ("config", "test_set", "summary") if k in full} or full
         metrics["source"] = str(args.metrics)
-    card = export_checkpoint(args.checkpoint, args.out, args.name, metrics, args.rest_seconds)
+    card = export_checkpoint(args.checkpoint, args.out, args.name, metrics, args.rest_seconds, overrides)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB), parity {card['export_parity_max_abs']:.2e}")
     return 0

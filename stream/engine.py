@@ -139,7 +139,9 @@ def initial_state(plan: Plan) -> EngineState:
         queue=np.zeros((c, plan.prefill), np.float32),
         dc=dcblock.initial_state(c),
         low_line=np.zeros((c, plan.model.step_latency), np.float32) if plan.low_bypass else None,
-        low_gain=np.zeros((c, 1), np.float32) if plan.low_bypass else None,
+        # Where silence leaves the gain: a model whose gate starts open passes silence through, and a live
+        # stream, which idles in silence, must reach its first sound with the gain a file starts with.
+        low_gain=np.full((c, 1), plan.model.rest_share, np.float32) if plan.low_bypass else None,
     )
 
 

@@ -73,6 +73,7 @@ class StepModel:
         rest_seconds: seconds of silence the start state has "heard" (card key ``rest_state_seconds``,
             0 = the all-zero state); see ``initial_state``. The card's ``rest_state`` holds the state
             itself (computed at export); without it the runtime computes it at load.
+        rest_share: the ``pass_share`` (0..1) on digital silence from the rest state (0 without that output).
     """
 
     path: Path
@@ -85,6 +86,9 @@ class StepModel:
     _output_names: list[str] = field(repr=False)
     rest_seconds: float = 0.0
     has_pass_share: bool = False
+    # Where a stream's smoothing of pass_share (stream.engine's DC bypass) starts, so that silence
+    # leaves it where it is.
+    rest_share: float = 0.0
     _rest: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
@@ -131,6 +135,9 @@ class StepModel:
             has_pass_share=has_share,
         )
         model._rest = _card_rest_state(path, card, states) if "rest_state" in card else model._settle(model.rest_seconds)
+        if has_share:
+            _, share, _ = model.run_with_share(np.zeros((1, model.hop), np.float32), model.initial_state(1))
+            model.rest_share = float(share[0, -1])
         return model
 
     def zero_state(self, channels: int) -> dict[str, np.ndarray]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.model import MaskLSTM, ModelConfig, pass_share
+from training.model import MaskLSTM, ModelConfig
 from training.train import _collate, si_sdr_db
 
 
@@ -93,8 +93,7 @@ def speech_over_music(model: MaskLSTM, corpus: Path, rooms: Path, n: int = 16) -
             audio = torch.from_numpy(ex.mixture[: (len(s) // 256) * 256])[None]
             start = model.rest_state(1, 4.0)
             model(audio, *(start[k] for k in model.state_names))
-            hold = start.get("music_hold")
-            shares.append(float(pass_share(model.last_music_logit, hold, model.cfg).mean()))
+            shares.append(float(model.last_pass_share.mean()))
         out["none" if rel_db is None else f"{rel_db} dB"] = float(np.mean(shares))
     return out
 

@@ -123,9 +123,15 @@ class ModelConfig:
     # With the hold: the rest state (every stream's start, and reset) has the hold open, so a stream
     # passes its input through until the head is sure of speech. Why: near-clean music processed for its
     # first 5 to 10 frames lost up to 13 dB SI-SDR; speech waits music_clear_frames hops (docs/model.md).
-    # Not for shipping as it is: silence clears the open hold, so the rest state is no longer the state
-    # silence leads to, and a live stream (silence first) departs from file mode at its start.
+    # Digital silence leaves the hold as it is (gate_shares), so the open rest state is where silence leads.
     music_start_open: bool = False
+    # With the hold: frames (win samples) whose mean square is at most this (dB relative to 1.0, a
+    # full-scale square wave) leave the hold as it is: no clearing, no release. Why: the head calls
+    # digital silence speech, which would shut an open hold before the first sound and make the rest
+    # state something silence does not lead to. -100 dB is 16-bit quantisation noise (LSB^2 / 12); a
+    # higher value (-70: a quiet noise floor) changed nothing for music on validation and passed more
+    # speech through (docs/model.md, "Music").
+    music_quiet_dbfs: float = -100.0
 
     @property
     def bins(self) -> int:
@@ -352,7 +358,10 @@ class MaskLSTM(nn.Module):
         if self.cfg.music_gate:
             logit = self.music_gate(hidden)[..., 0]  # [B, n]
             self.last_music_logit = logit
-            share, hold = gate_shares(logit, named.get("music_hold"), self.cfg)  # [B, n], [B, k]
+            # Digital silence is no evidence of either kind, yet the head reads it as speech. The hold
+            # neither clears nor releases there, so silence leaves the rest state where it is.
+            silent = frames.square().mean(-1) <= 10.0 ** (self.cfg.music_quiet_dbfs / 10.0)
+            share, hold = gate_shares(logit, named.get("music_hold"), self.cfg, silent)  # [B, n], [B, k]
             self.last_pass_share = share
             if hold is not None:
                 held = (hold,)
@@ -436,55 +445,62 @@ def rest_overrides(cfg: ModelConfig) -> dict[str, float]:
     return {"music_hold": 1.0} if cfg.music_start_open and "music_hold" in cfg.state_names else {}
 
 
-def pass_share(logit: Tensor, hold: Tensor | None, cfg: ModelConfig) -> Tensor:
-    """The music gate's pass-through share per frame, [B, n] in [0, 1], from the head's logits [B, n]
-    and, with a hold, the hold state before the first frame (state "music_hold" [B, k])."""
-    return gate_shares(logit, hold, cfg)[0]
-
-
-def gate_shares(logit: Tensor, hold: Tensor | None, cfg: ModelConfig) -> tuple[Tensor, Tensor | None]:
+def gate_shares(logit: Tensor, hold: Tensor | None, cfg: ModelConfig,
+                silent: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """The pass-through share per frame [B, n] and the new hold state [B, k] (None without a hold).
 
     Clipped, so a frame that is surely speech (p <= GATE_OPEN) gets exactly the model's mask and one
     that is surely music (p >= GATE_SHUT) exactly 1: the model is unchanged on speech and transparent on
-    music. The hold state is the last frame's share, then the last k - 1 raw (unheld) shares, oldest
-    first (k = cfg.music_clear_frames)."""
+    music. ``silent`` [B, n] marks frames of digital silence (``cfg.music_quiet_dbfs``), which leave the
+    hold as it was (see ``_hold``). The hold state is the last frame's share, then the last k - 1 raw (unheld) shares,
+    oldest first (k = cfg.music_clear_frames), a silent frame's recorded as 1 (not sure of speech)."""
     keep = torch.clamp((GATE_SHUT - torch.sigmoid(logit)) / (GATE_SHUT - GATE_OPEN), 0.0, 1.0)
     raw = 1.0 - keep
     if hold is None:
         return raw, None
-    share = _hold(raw, hold, cfg.hop / (cfg.sample_rate * cfg.music_hold_seconds))
+    if silent is None:
+        silent = torch.zeros_like(raw, dtype=torch.bool)
+    share = _hold(raw, hold, silent, cfg.hop / (cfg.sample_rate * cfg.music_hold_seconds))
     k = hold.shape[1]
     if k == 1:
         return share, share[:, -1:]
-    past = torch.cat([hold[:, 1:], raw], 1)[:, -(k - 1):]
+    past = torch.cat([hold[:, 1:], torch.where(silent, torch.ones_like(raw), raw)], 1)[:, -(k - 1):]
     return share, torch.cat([share[:, -1:], past], 1)
 
 
-def _hold(raw: Tensor, prev: Tensor, rate: float) -> Tensor:
-    """Peak hold with exponential release along frames, cleared by k sure-speech frames in a row:
-    out_t = 0 where raw_t-k+1..raw_t are all 0, else max(raw_t, e^-rate out_{t-1}).
+def _hold(raw: Tensor, prev: Tensor, silent: Tensor, rate: float) -> Tensor:
+    """Peak hold with exponential release along non-silent frames, cleared by k sure-speech frames in
+    a row: out_t = out_{t-1} where frame t is silent; else 0 where raw_t-k+1..raw_t are all 0 and none
+    of those frames silent; else max(raw_t, e^-rate out_{t-1}).
 
     raw [B, n] in [0, 1] (the pass-through share; 0 = the head is sure of speech), prev [B, k] (out
-    before the first frame, then the k - 1 raw shares before it, oldest first) -> out [B, n]. Clearing
-    on sure speech means the hold only bridges frames the head is unsure of and never delays the
-    model's return on speech by more than k - 1 frames. Written as a max over a lower-triangular [n, n]
-    table of decayed values, masked where a clearing frame lies in between (a cumulative count),
-    instead of a loop over frames: the ONNX graph stays elementwise ops, one CumSum and one ReduceMax
-    (n is at most the engine's hops per call)."""
+    before the first frame, then the k - 1 raw shares before it, oldest first, 1 for a silent frame),
+    silent [B, n] bool -> out [B, n]. Clearing on sure speech means the hold only bridges frames the head
+    is unsure of and never delays the model's return on speech by more than k - 1 frames. Silence
+    freezes the hold because the head reads digital silence as speech: were it to clear (or release) an
+    open hold, the rest state (open) would not be where silence leads, and a live stream, which idles
+    in silence before its talker, would start elsewhere than a file. Written as a max over a
+    lower-triangular [n, n] table of decayed values, masked where a clearing frame lies in between (a
+    cumulative count), with time counted in non-silent frames (another cumulative count), instead of a
+    loop over frames: the ONNX graph stays elementwise ops, CumSums and one ReduceMax (n is at most the
+    engine's hops per call)."""
     n, k = raw.shape[1], prev.shape[1]
-    t = torch.arange(n, dtype=raw.dtype, device=raw.device)
-    lag = t[:, None] - t[None, :]  # [t, s]
-    sure = torch.cat([prev[:, 1:], raw], 1) <= 0.0  # [B, k - 1 + n]
+    t = torch.arange(n, device=raw.device)
+    later = (t[:, None] >= t[None, :])[None]  # [1, t, s]
+    heard = (~silent).to(raw.dtype)
+    clock = torch.cumsum(heard, dim=1)  # [B, n]: non-silent frames up to t, the hold's time
+    lag = clock[:, :, None] - clock[:, None, :]  # [B, t, s]
+    sure = torch.cat([prev[:, 1:] <= 0.0, (raw <= 0.0) & ~silent], 1)  # [B, k - 1 + n]
     clear = sure[:, k - 1:]
     for j in range(1, k):  # and the j frames before were sure too
         clear = clear & sure[:, k - 1 - j: k - 1 - j + n]
     cleared = torch.cumsum(clear.to(raw.dtype), dim=1)  # [B, n]: clearing frames up to t
-    # raw_s reaches frame t if s <= t and no clearing frame lies in (s, t]; a clearing frame's raw is 0.
-    reach = (lag[None] >= 0) & (cleared[:, :, None] == cleared[:, None, :])
-    decay = torch.exp(-rate * lag.clamp_min(0.0))[None]
-    held = torch.where(reach, raw[:, None, :] * decay, torch.zeros_like(decay)).amax(-1)
-    carry = torch.where(cleared == 0, prev[:, :1] * torch.exp(-rate * (t + 1.0))[None, :], torch.zeros_like(raw))
+    # raw_s reaches frame t if s <= t and no clearing frame lies in (s, t]; a clearing frame's raw is 0,
+    # a silent frame's counts as 0 (it adds nothing to the hold).
+    reach = later & (cleared[:, :, None] == cleared[:, None, :])
+    decay = torch.exp(-rate * lag.clamp_min(0.0))
+    held = torch.where(reach, (raw * heard)[:, None, :] * decay, torch.zeros_like(decay)).amax(-1)
+    carry = torch.where(cleared == 0, prev[:, :1] * torch.exp(-rate * clock), torch.zeros_like(raw))
     return torch.maximum(held, carry)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -116,8 +118,34 @@ def test_streams_start_from_the_rest_state_torch_starts_from(exported):
     with torch.no_grad():
         want = model(torch.from_numpy(x), *(torch.from_numpy(rest[k]) for k in model.state_names))[0].numpy()
     assert np.abs(y - want).max() < 1e-4
+    if "music_hold" in rest:  # silence leaves the hold where the rest state has it (open or shut)
+        _, after = step.run(np.zeros((2, 256 * 40), np.float32), rest)
+        assert np.array_equal(after["music_hold"], rest["music_hold"])
     if model.cfg.music_start_open:  # open at the start: the first hops pass through more than from zero
         _, share_open, _ = step.run_with_share(x, rest)
         shut = {**rest, "music_hold": np.zeros_like(rest["music_hold"])}
         _, share_shut, _ = step.run_with_share(x, shut)
         assert (share_open >= share_shut - 1e-6).all() and share_open[:, 0].min() > 0.9
+
+
+def test_export_overrides_change_settings_not_weights(tmp_path):
+    """``python -m export --set model.KEY=VALUE``: a setting without weights (the hold's) is changed and
+    recorded in the card and the .pt beside it; one that changes a weight's shape fails the load."""
+    from export.onnx_export import load_checkpoint, main
+
+    torch.manual_seed(2)
+    model = MaskLSTM(ModelConfig(hidden=16, music_gate=True)).eval()
+    torch.save({"model_config": model.cfg.to_dict(), "model": model.state_dict()}, tmp_path / "m.pt")
+    out = tmp_path / "out" / "m.onnx"
+    assert main([str(tmp_path / "m.pt"), "--out", str(out), "--set", "model.music_clear_frames=3",
+                 "--set", "model.music_start_open=true"]) == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["export_overrides"] == {"music_clear_frames": 3, "music_start_open": True}
+    assert card["model_config"]["music_clear_frames"] == 3 and card["states"]["music_hold"]["shape"] == ["channels", 3]
+    assert card["rest_state"]["music_hold"] == [[1.0, 1.0, 1.0]]
+    again, ckpt = load_checkpoint(out.with_suffix(".pt"))
+    assert again.cfg.music_start_open and ckpt["export_overrides"] == card["export_overrides"]
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        load_checkpoint(tmp_path / "m.pt", {"hidden": 32})
+    with pytest.raises(ValueError, match="not ModelConfig fields"):
+        load_checkpoint(tmp_path / "m.pt", {"music_hold_sec": 2.0})

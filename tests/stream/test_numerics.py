@@ -148,6 +148,24 @@ def test_music_the_gate_passes_keeps_its_dc(default_model, rate):
     assert float(np.abs(np.diff(means)).max()) < 0.2 * 0.25
 
 
+def test_a_pause_before_music_with_an_offset_changes_nothing(default_model):
+    """A live stream idles in silence before its first sound; a file does not. Both must reach that sound
+    in the same state, the music hold and the DC bypass's gain included: the shipped gate starts open and
+    silence leaves it open, so the bypass's gain starts where silence leaves it (StepModel.rest_share).
+    With the gain started at 0 instead, the two outputs differed by up to 0.042 (the offset is 0.2)."""
+    import soundfile as sf
+
+    from pathlib import Path
+
+    x, rate = sf.read(str(Path(__file__).resolve().parents[1] / "data" / "music_brass.flac"), dtype="float32")
+    x = x[rate // 4 :] + np.float32(0.2)  # the clip's own lead is silent: start with the music and its offset
+    assert default_model.rest_share == 1.0  # the shipped gate passes silence through: the case that matters
+    alone = dereverb_array(x, rate, model=default_model)
+    lead = 40 * default_model.hop  # whole hops (a fractional-hop shift changes the STFT framing)
+    after = dereverb_array(np.concatenate([np.zeros(lead, np.float32), x]), rate, model=default_model)[lead:]
+    assert float(np.abs(after - alone).max()) < 1e-3
+
+
 @pytest.mark.parametrize("rate", [16000, 48000])
 def test_dc_blocker_leaves_the_voice_band_alone(rate):
     # The high-pass's phase shift is inaudible but counts in SI-SDR: with a 20 Hz cutoff a 100 Hz tone

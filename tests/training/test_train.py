@@ -192,8 +192,9 @@ def test_music_gate_open_is_the_model_and_shut_is_pass_through(mask):
 @pytest.mark.parametrize("k", [1, 3])
 def test_music_hold_is_a_peak_hold_cleared_by_sure_speech(k):
     # The closed form (a masked max over a table, for the ONNX graph) against the recursion it stands
-    # for, across block boundaries: out_t = 0 where raw_t-k+1..raw_t are all 0 (k sure-speech frames in
-    # a row), else max(raw_t, e^-rate out_{t-1}); the state carries out and the last k - 1 raw shares.
+    # for, across block boundaries: out_t = out_{t-1} on a silent frame; else 0 where raw_t-k+1..raw_t
+    # are all 0 (k sure-speech frames in a row, none silent), else max(raw_t, e^-rate out_{t-1}); the
+    # state carries out and the last k - 1 raw shares (1 for a silent frame).
     from training.model import GATE_OPEN, GATE_SHUT, gate_shares
 
     torch.manual_seed(0)
@@ -208,20 +209,31 @@ def test_music_hold_is_a_peak_hold_cleared_by_sure_speech(k):
     # Logits that give exactly these raw shares (p = GATE_OPEN + raw (GATE_SHUT - GATE_OPEN)).
     p = GATE_OPEN + raw * (GATE_SHUT - GATE_OPEN)
     logit = torch.log(p / (1 - p)) - (raw <= 0).float() * 5.0
+    silent = torch.zeros(3, 40, dtype=torch.bool)
+    silent[0, 5:8] = True  # silence inside the unsure stretch: the hold neither decays nor clears
+    silent[1, 21] = True  # silence inside a run of sure frames: the run restarts after it
+    silent[2, 14:19] = True  # silence across the block boundary below
     prev = torch.cat([torch.rand(3, 1), torch.ones(3, k - 1)], 1)  # held share, then unsure past frames
     expect, o, past = torch.zeros_like(raw), prev[:, 0], [prev[:, j] for j in range(1, k)]
     for t in range(raw.shape[1]):
-        window = [*past, raw[:, t]][-k:]
+        mark = torch.where(silent[:, t], torch.ones(3), raw[:, t])
+        window = [*past, mark][-k:]
         clear = torch.stack([w <= 0 for w in window]).all(0)
-        o = torch.where(clear, torch.zeros(3), torch.maximum(raw[:, t], o * math.exp(-rate)))
+        step = torch.where(clear, torch.zeros(3), torch.maximum(raw[:, t], o * math.exp(-rate)))
+        o = torch.where(silent[:, t], o, step)
         expect[:, t] = o
-        past = (past + [raw[:, t]])[1:] if k > 1 else []
-    share, hold = gate_shares(logit, prev, cfg)
+        past = (past + [mark])[1:] if k > 1 else []
+    share, hold = gate_shares(logit, prev, cfg, silent)
     assert torch.allclose(share, expect, atol=1e-5)
-    first, mid = gate_shares(logit[:, :17], prev, cfg)
-    second, _ = gate_shares(logit[:, 17:], mid, cfg)
+    first, mid = gate_shares(logit[:, :17], prev, cfg, silent[:, :17])
+    second, _ = gate_shares(logit[:, 17:], mid, cfg, silent[:, 17:])
     assert torch.allclose(torch.cat([first, second], 1), expect, atol=1e-5)
     assert hold.shape == (3, k)
+    assert torch.equal(share[0, 4:8], share[0, 4].expand(4))  # frozen through the silence
+    # Silence leaves an open hold open and a closed one closed, for any length: the rest state's fixed point.
+    for start in (0.0, 1.0):
+        quiet, _ = gate_shares(torch.full((1, 50), -9.0), torch.full((1, k), start), cfg, torch.ones(1, 50, dtype=torch.bool))
+        assert torch.equal(quiet, torch.full((1, 50), start))
     assert float(share[1, 23]) == 0.0  # the fourth sure frame in a row clears for every k <= 4
     # A lone sure frame inside a held stretch ends the hold only when one frame is enough.
     lone = ((raw[:, 1:-1] <= 0) & (raw[:, :-2] > 0) & (raw[:, 2:] > 0) & (expect[:, :-2] > 0.3)).nonzero()
