@@ -5,6 +5,8 @@
   writes ``docs/benchmarks.md`` and ``docs/benchmarks_blocks.png``.
 - ``python -m benchmarks.ort_settings``: the ONNX Runtime session-option study behind
   ``stream/model.py``'s choices (``docs/onnxruntime.md``).
+- ``python -m benchmarks.lstm_cost``: what a step costs on this CPU (the LSTM's weight traffic) and
+  what int8 weights would buy (``docs/onnxruntime.md``, last section).
 """
 
 
