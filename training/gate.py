@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from training.config import TrainConfig, config_from_cli
 from training.model import RECURRENT, MaskLSTM, count_parameters, init_weights
-from training.train import batch_start, save_atomic
+from training.train import batch_start, optimise, save_atomic
 
 HEAD = "music_gate."
 
@@ -117,9 +117,7 @@ def train_gate(cfg: TrainConfig) -> Path:
         for step, batch in enumerate(tqdm(train_loader, desc=f"gate epoch {epoch}", total=steps, file=sys.stderr)):
             start, rest = batch_start(model, cfg, batch["mixture"].shape[0], step, carried, rest)
             loss, _, carried = gate_step(model, batch, start)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimise(model, opt, loss, cfg.optim.grad_clip)  # the frozen weights have no gradients to clip
             sched.step()
             running.append(float(loss.detach()))
         val = validate_gate(model, val_loader, cfg.optim.rest_seconds)

@@ -122,13 +122,13 @@ class ModelConfig:
     music_clear_frames: int = 1
     # With the hold: the rest state (every stream's start, and reset) has the hold open, so a stream
     # passes its input through until the head is sure of speech. Why: near-clean music processed for its
-    # first 5 to 10 frames lost up to 13 dB SI-SDR; speech waits music_clear_frames hops (docs/model.md).
+    # first 5 to 10 frames lost up to 13 dB SI-SDR; speech waits music_clear_frames - 1 hops (docs/model.md).
     # Digital silence leaves the hold as it is (gate_shares), so the open rest state is where silence leads.
     music_start_open: bool = False
     # With the hold: frames (win samples) whose mean square is at most this (dB relative to 1.0, a
     # full-scale square wave) leave the hold as it is: no clearing, no release. Why: the head calls
     # digital silence speech, which would shut an open hold before the first sound and make the rest
-    # state something silence does not lead to. -100 dB is 16-bit quantisation noise (LSB^2 / 12); a
+    # state something silence does not lead to. -100 dB is about 16-bit quantisation noise (LSB^2 / 12); a
     # higher value (-70: a quiet noise floor) changed nothing for music on validation and passed more
     # speech through (docs/model.md, "Music").
     music_quiet_dbfs: float = -100.0
