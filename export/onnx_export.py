@@ -184,6 +184,33 @@ def describe_data(summary: dict) -> dict:
 REST_STATE_SECONDS = 300.0
 
 
+def known_limits(cfg: ModelConfig, metrics: dict | None) -> list[str]:
+    """The card's ``known_limits``: what the recipe implies, and every target of the training issue the
+    embedded evaluation (``metrics["summary"]``, from training.evaluate) did not meet, with its number."""
+    limits = [
+        "Trained on synthetic speech (Debian TTS voices) and simulated rooms (pyroomacoustics); real voices "
+        "and real rooms are not in the training data.",
+        f"Runs at {cfg.sample_rate} Hz: at higher stream rates the output holds nothing above "
+        f"{cfg.sample_rate / 2000:g} kHz (the resampler's low-pass).",
+        "Content below about 2 Hz (a DC offset) is removed before the model (the runtime's DC blocker)"
+        + ("; where the model passes its input through (music), the runtime adds it back." if cfg.music_gate else "."),
+    ]
+    if cfg.music_gate:
+        limits.append("Music is recognised and passed through unchanged, not dereverberated; speech over loud "
+                      "background music is partly passed through too.")
+        if cfg.music_start_open and cfg.music_hold_seconds > 0:
+            limits.append(f"A stream passes its input through until {cfg.music_clear_frames} frames in a row are "
+                          f"surely speech: speech waits {cfg.music_clear_frames - 1} hops after silence or music.")
+    if metrics and "summary" in metrics:
+        from training.evaluate import check_targets
+
+        for row in check_targets(metrics["summary"]):
+            if row["met"] is False:
+                limits.append(f"Target not met on the held-out test set: {row['target']} = {row['value']:+.3f} "
+                              f"(bar {row['bar']}).")
+    return limits
+
+
 def build_card(model: MaskLSTM, ckpt: dict, name: str, metrics: dict | None,
                rest_seconds: float = REST_STATE_SECONDS) -> dict:
     import onnx
@@ -222,6 +249,7 @@ def build_card(model: MaskLSTM, ckpt: dict, name: str, metrics: dict | None,
                      # Time to each stage's kept checkpoint, over the stages whose summaries were recorded.
                      "train_seconds_total": round(sum(st["train_seconds"] or 0.0 for st in stages), 1)},
         "metrics": metrics or {},
+        "known_limits": known_limits(cfg, metrics),
         "software": {
             "torch": torch.__version__,
             "onnx": onnx.__version__,

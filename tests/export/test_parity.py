@@ -149,3 +149,15 @@ def test_export_overrides_change_settings_not_weights(tmp_path):
         load_checkpoint(tmp_path / "m.pt", {"hidden": 32})
     with pytest.raises(ValueError, match="not ModelConfig fields"):
         load_checkpoint(tmp_path / "m.pt", {"music_hold_sec": 2.0})
+
+
+def test_shipped_card_lists_every_unmet_target_as_a_known_limit(default_model):
+    """The card's ``known_limits`` name every target of the training issue its own embedded evaluation
+    missed, with the measured number, and the limits its configuration implies."""
+    from training.evaluate import check_targets
+
+    card = default_model.card
+    missed = [r for r in check_targets(card["metrics"]["summary"]) if r["met"] is False]
+    listed = [s for s in card["known_limits"] if s.startswith("Target not met")]
+    assert len(listed) == len(missed) and all(f"{r['value']:+.3f}" in s for r, s in zip(missed, listed))
+    assert any("passed through" in s for s in card["known_limits"])  # the shipped model has a music gate
