@@ -47,22 +47,12 @@ def _median_us(sessions: dict, feeds: dict, rounds: int, calls: int) -> dict:
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def _options():
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    return so
-
-
 def lstm_scaling(rounds: int, calls: int) -> list[dict]:
     """Part 1: per-call time of a bare 2-layer LSTM step against its weight bytes."""
     import onnxruntime as ort
     import torch
+
+    from stream.model import ort_session_options
 
     class Step(torch.nn.Module):
         def __init__(self, hidden: int) -> None:
@@ -80,7 +70,7 @@ def lstm_scaling(rounds: int, calls: int) -> list[dict]:
         torch.onnx.export(Step(hidden).eval(), args, buf, input_names=["x", "h", "c"], output_names=["y", "h2", "c2"],
                           opset_version=17, dynamo=False,
                           dynamic_axes={"x": {0: "b"}, "h": {1: "b"}, "c": {1: "b"}})
-        session = ort.InferenceSession(buf.getvalue(), _options(), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(buf.getvalue(), ort_session_options(), providers=["CPUExecutionProvider"])
         for batch in (1, 8):
             rng = np.random.default_rng(hidden)
             sessions[(hidden, batch)] = session
@@ -108,7 +98,7 @@ def int8_study(model_path: Path, rounds: int, calls: int) -> dict:
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from stream.model import StepModel
+    from stream.model import StepModel, ort_session_options
     from tests.signals import speechlike
 
     graph = onnx.load(str(model_path)).graph
@@ -120,7 +110,7 @@ def int8_study(model_path: Path, rounds: int, calls: int) -> dict:
         q_path.with_suffix(".json").write_text(model_path.with_suffix(".json").read_text())
         models = {"float": StepModel.load(model_path), "int8": StepModel.load(q_path)}
         sizes = {"float": model_path.stat().st_size / 1e6, "int8": q_path.stat().st_size / 1e6}
-        sessions = {k: ort.InferenceSession(str(m.path), _options(), providers=["CPUExecutionProvider"])
+        sessions = {k: ort.InferenceSession(str(m.path), ort_session_options(), providers=["CPUExecutionProvider"])
                     for k, m in models.items()}
         hop = models["float"].hop
         one_hop = (np.random.default_rng(0).standard_normal((1, hop)) * 0.05).astype(np.float32)

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import stream
-    from export.onnx_export import load_checkpoint
+    from training.model import load_checkpoint
 
     torch.set_num_threads(1)
     onnx_path = Path(args.model)

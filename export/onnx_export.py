@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import tempfile
-import tomllib
 import warnings
 from pathlib import Path
 
@@ -23,29 +22,12 @@ import numpy as np
 import torch
 
 from stream.model import PASS_SHARE, StepModel
-from training.model import (MaskLSTM, ModelConfig, channel_axis, count_parameters, macs_per_hop,
-                            rest_overrides)
+from training.config import parse_sets
+from training.model import (MaskLSTM, ModelConfig, channel_axis, count_parameters, load_checkpoint,
+                            macs_per_hop, rest_overrides)
 
 OPSET = 17
 CARD_FORMAT = "dereverb-step-model/1"
-
-
-def load_checkpoint(path: str | Path, overrides: dict | None = None) -> tuple[MaskLSTM, dict]:
-    """Load a training checkpoint safely (``weights_only=True``: no pickled code runs). ``overrides``
-    {ModelConfig field: value} change settings that carry no weights (the music hold's, say); one that
-    changes a weight's shape fails the strict load. The returned checkpoint's ``model_config`` is the
-    overridden one, and ``export_overrides`` records what was changed."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if overrides:
-        unknown = set(overrides) - set(ModelConfig().to_dict())
-        if unknown:
-            raise ValueError(f"not ModelConfig fields: {sorted(unknown)}")
-        ckpt["model_config"] = {**ckpt["model_config"], **overrides}
-        ckpt["export_overrides"] = dict(overrides)
-    model = MaskLSTM(ModelConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    return model, ckpt
 
 
 def state_shapes(model: MaskLSTM) -> dict[str, dict]:
@@ -327,7 +309,7 @@ def _uneven_splits(total: int, rng: np.random.Generator) -> list[int]:
 def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, metrics: dict | None = None,
                       rest_seconds: float = REST_STATE_SECONDS, overrides: dict | None = None) -> dict:
     """Export, attach the card, check parity; write atomically. Returns the card. ``overrides``: see
-    ``load_checkpoint``; the .pt written beside the model carries the overridden config."""
+    ``training.model.load_checkpoint``; the .pt written beside the model carries the overridden config."""
     model, ckpt = load_checkpoint(checkpoint, overrides)
     name = name or out.stem
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -374,12 +356,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="change a model setting that carries no weights (TOML literal), e.g. "
                              "--set model.music_clear_frames=3; recorded in the card")
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if not key.startswith("model."):
-            parser.error(f"--set takes model.KEY=VALUE, got {item!r}")
-        overrides[key.removeprefix("model.")] = tomllib.loads(f"v = {value}")["v"]
+    try:
+        sets = parse_sets(args.set)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if any(not key.startswith("model.") for key in sets):
+        parser.error(f"--set takes model.KEY=VALUE, got {args.set}")
+    overrides = {key.removeprefix("model."): value for key, value in sets.items()}
     metrics = None
     if args.metrics:
         full = json.loads(args.metrics.read_text())

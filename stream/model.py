@@ -103,18 +103,9 @@ class StepModel:
             raise ModelError(f"{path}: model file not found")
         import onnxruntime as ort
 
-        # Chosen by measurement (docs/onnxruntime.md, `python -m benchmarks.ort_settings`): a 1-hop step is
-        # too small to split across threads, a sequential graph needs no inter-op pool, full graph
-        # optimisation is never slower, and the default CPU arena and memory pattern cost nothing extra.
-        # IO binding is not used: with fresh numpy outputs (which a pure run() needs) it is slower.
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = options.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
         try:
-            session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(path), ort_session_options(options.threads),
+                                           providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{path}: not a loadable ONNX model ({first})") from None
@@ -178,6 +169,24 @@ class StepModel:
         outs = self._session.run(self._output_names, feeds)
         share = outs.pop() if self.has_pass_share else None
         return outs[0], share, {s.name: o for s, o in zip(self.states, outs[1:])}
+
+
+def ort_session_options(threads: int = 1):
+    """The onnxruntime ``SessionOptions`` every model session uses, with ``threads`` intra-op threads.
+
+    Chosen by measurement (docs/onnxruntime.md, `python -m benchmarks.ort_settings`): one stream, one
+    core; a sequential graph needs no inter-op pool, full graph optimisation is never slower, and the
+    default CPU arena and memory pattern cost nothing extra. IO binding is not used: with fresh numpy
+    outputs (which a pure run() needs) it is slower."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return so
 
 
 def _read_card(path: Path, session) -> dict:

@@ -136,5 +136,15 @@ def config_from_cli(argv: list[str] | None, prog: str, doc: str | None, default:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value (TOML literal), e.g. --set optim.epochs=2")
     args = parser.parse_args(argv)
-    overrides = {k: tomllib.loads(f"v = {v}")["v"] for k, _, v in (item.partition("=") for item in args.set)}
-    return load_config(args.config, overrides)
+    return load_config(args.config, parse_sets(args.set))
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``--set SECTION.KEY=VALUE`` items (values are TOML literals) -> {'SECTION.KEY': value}."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or "." not in key:
+            raise ValueError(f"--set takes SECTION.KEY=VALUE, got {item!r}")
+        out[key] = tomllib.loads(f"v = {value}")["v"]
+    return out

@@ -30,10 +30,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from export.onnx_export import load_checkpoint
 from training.config import TrainConfig, load_config
 from training.dataset import ReverbDataset
-from training.model import MaskLSTM
+from training.model import MaskLSTM, load_checkpoint
 from training.train import _collate, batch_start, compute_loss, make_loaders, optimise, validate
 
 

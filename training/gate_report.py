@@ -25,16 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.model import MaskLSTM, ModelConfig
+from training.config import parse_sets
+from training.model import MaskLSTM, load_checkpoint
 from training.train import _collate, si_sdr_db
-
-
-def load(ckpt: Path, overrides: dict) -> MaskLSTM:
-    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
-    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in raw["model_config"].items()}
-    model = MaskLSTM(ModelConfig(**{**cfg, **overrides}))
-    model.load_state_dict(raw["model"])
-    return model.eval()
 
 
 @torch.no_grad()
@@ -106,14 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", type=Path, default=Path("/work/data/corpus"))
     ap.add_argument("--rooms", type=Path, default=Path("/work/data/rooms"))
     args = ap.parse_args(argv)
-    import tomllib
-
     from training.dataset import ReverbDataset
 
-    overrides = {k.removeprefix("model."): tomllib.loads(f"v = {v}")["v"]
-                 for k, _, v in (s.partition("=") for s in args.set)}
+    overrides = {k.removeprefix("model."): v for k, v in parse_sets(args.set).items()}
     torch.set_num_threads(2)
-    model = load(args.checkpoint, overrides)
+    model, _ = load_checkpoint(args.checkpoint, overrides)
     if not model.cfg.music_gate:
         ap.error("the checkpoint has no music gate")
     ds = ReverbDataset(args.corpus, args.rooms, "val", segment_seconds=4.0, length=192, seed=21, music_share=0.5)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -439,6 +440,25 @@ class MaskLSTM(nn.Module):
         return self(audio, *(state[k].to(audio) for k in self.state_names))[0]
 
 
+def load_checkpoint(path: str | Path, overrides: dict | None = None) -> tuple[MaskLSTM, dict]:
+    """Load a training checkpoint safely (``weights_only=True``: no pickled code runs) into an eval-mode
+    model. ``overrides`` {ModelConfig field: value} change settings that carry no weights (the music
+    hold's, say); one that changes a weight's shape fails the strict load. The returned checkpoint's
+    ``model_config`` is the overridden one, and ``export_overrides`` records what was changed."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if overrides:
+        unknown = set(overrides) - set(ModelConfig().to_dict())
+        if unknown:
+            raise ValueError(f"not ModelConfig fields: {sorted(unknown)}")
+        ckpt["model_config"] = {**ckpt["model_config"], **overrides}
+        ckpt["export_overrides"] = dict(overrides)
+    # TOML and JSON give lists where the config has tuples (ema_seconds).
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["model_config"].items()}
+    model = MaskLSTM(ModelConfig(**cfg))
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
+
+
 def rest_overrides(cfg: ModelConfig) -> dict[str, float]:
     """States whose rest value is set, not reached by silence: {state name: value for every element}.
     With ``music_start_open``, the hold is open (1) and no frame before the first was sure speech."""
@@ -446,7 +466,7 @@ def rest_overrides(cfg: ModelConfig) -> dict[str, float]:
 
 
 def gate_shares(logit: Tensor, hold: Tensor | None, cfg: ModelConfig,
-                silent: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+                silent: Tensor) -> tuple[Tensor, Tensor | None]:
     """The pass-through share per frame [B, n] and the new hold state [B, k] (None without a hold).
 
     Clipped, so a frame that is surely speech (p <= GATE_OPEN) gets exactly the model's mask and one
@@ -458,8 +478,6 @@ def gate_shares(logit: Tensor, hold: Tensor | None, cfg: ModelConfig,
     raw = 1.0 - keep
     if hold is None:
         return raw, None
-    if silent is None:
-        silent = torch.zeros_like(raw, dtype=torch.bool)
     share = _hold(raw, hold, silent, cfg.hop / (cfg.sample_rate * cfg.music_hold_seconds))
     k = hold.shape[1]
     if k == 1:

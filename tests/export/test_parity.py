@@ -74,7 +74,7 @@ def test_shipped_model_parity_against_its_checkpoint_free_reexport(default_model
 
 def test_shipped_checkpoint_matches_shipped_onnx(default_model):
     # The shipped .pt (weights only) and .onnx are one model: torch and onnxruntime agree on random input.
-    from export.onnx_export import load_checkpoint
+    from training.model import load_checkpoint
 
     ckpt = default_model.path.with_suffix(".pt")
     assert ckpt.is_file(), "the shipped checkpoint must sit beside the shipped ONNX model"
@@ -131,7 +131,8 @@ def test_streams_start_from_the_rest_state_torch_starts_from(exported):
 def test_export_overrides_change_settings_not_weights(tmp_path):
     """``python -m export --set model.KEY=VALUE``: a setting without weights (the hold's) is changed and
     recorded in the card and the .pt beside it; one that changes a weight's shape fails the load."""
-    from export.onnx_export import load_checkpoint, main
+    from export.onnx_export import main
+    from training.model import load_checkpoint
 
     torch.manual_seed(2)
     model = MaskLSTM(ModelConfig(hidden=16, music_gate=True)).eval()
