@@ -24,6 +24,13 @@ class DataConfig:
     # Probability that a training example is music (unset: music's share of the corpus duration, ~14 %).
     # Validation always keeps the corpus's own share.
     music_share: float | None = None
+    # Probability that a training example starts with a noise-only lead of lead_seconds (uniform in
+    # the range): the source silent, the mixture its noise (training.dataset.ReverbDataset).
+    lead_prob: float = 0.0
+    lead_seconds: list = field(default_factory=lambda: [0.05, 1.5])
+    # The music gate's target probability on a lead's frames (training.gate): neither speech nor
+    # music, so that a noise floor before the first sound does not end the hold.
+    lead_label: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -133,18 +140,20 @@ def config_from_cli(argv: list[str] | None, prog: str, doc: str | None, default:
     takes (``--set`` values are TOML literals, e.g. ``--set optim.epochs=2``), loaded."""
     parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=default)
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config value (TOML literal), e.g. --set optim.epochs=2")
+    parser.add_argument("--set", action="append", default=[], metavar="[SECTION.]KEY=VALUE",
+                        help="override a config value (TOML literal), e.g. --set optim.epochs=2 "
+                             "or --set 'out_dir=\"runs/x\"'")
     args = parser.parse_args(argv)
     return load_config(args.config, parse_sets(args.set))
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
-    """``--set SECTION.KEY=VALUE`` items (values are TOML literals) -> {'SECTION.KEY': value}."""
+    """``--set [SECTION.]KEY=VALUE`` items (values are TOML literals) -> {'SECTION.KEY': value}; a key
+    without a section is a top-level one (``--set 'out_dir="runs/x"'``)."""
     out: dict[str, Any] = {}
     for item in items:
         key, eq, value = item.partition("=")
-        if not eq or "." not in key:
-            raise ValueError(f"--set takes SECTION.KEY=VALUE, got {item!r}")
+        if not eq or not key or "" in key.split("."):
+            raise ValueError(f"--set takes [SECTION.]KEY=VALUE, got {item!r}")
         out[key] = tomllib.loads(f"v = {value}")["v"]
     return out

@@ -4,7 +4,9 @@
 
 * ``mixture``, ``early``, ``direct``: [segment] at 16 kHz (aligned, see training.mixing),
 * ``rt60``: float32 scalar (s; 0 for the anechoic replacement), ``drr_db``: float32 scalar
-  (60 for anechoic), ``is_music``: float32 scalar 0/1.
+  (60 for anechoic), ``is_music``: float32 scalar 0/1,
+* ``lead``: int64 scalar, samples at the start where nothing sounds yet (only the mixture's noise;
+  0 unless ``lead_prob`` > 0).
 
 Item ``i`` only depends on (seed, epoch, i): ``rng = default_rng([seed, epoch, i])``, so a
 DataLoader with any number of workers or any shuffling sees the same examples, and
@@ -46,12 +48,18 @@ class ReverbDataset:
             the corpus duration).
         music_share: probability that an example is music (None: music's share of the split's
             duration). Clips within each kind are still drawn in proportion to their duration.
+        lead_prob: probability that an example starts with a lead: ``lead_seconds`` (uniform in the
+            range) in which the source is silent, so the mixture holds only its noise, as a recording
+            or a live stream does before the first sound. Training crops clips at random points, so
+            without it a stream's start is almost never a noise floor (docs/model.md, "Music").
+        lead_seconds: (shortest, longest) lead in seconds.
     """
 
     def __init__(self, corpus_dir: str | Path, rooms_dir: str | Path, split: str,
                  segment_seconds: float = 4.0, length: int = 10000, seed: int = 0,
                  mix: MixConfig = MixConfig(), kinds: tuple[str, ...] = ("speech", "music"),
-                 music_share: float | None = None) -> None:
+                 music_share: float | None = None, lead_prob: float = 0.0,
+                 lead_seconds: tuple[float, float] = (0.05, 1.5)) -> None:
         self.corpus_dir = Path(corpus_dir)
         self.rooms_dir = Path(rooms_dir)
         self.split = split
@@ -81,6 +89,12 @@ class ReverbDataset:
                 # notes for reverberant tails (docs/model.md, "Transparency").
                 w = np.where(is_music, music_share / sec[is_music].sum(), (1.0 - music_share) / sec[~is_music].sum())
                 self._clip_p = sec * w
+        if not 0.0 <= lead_prob <= 1.0:
+            raise ValueError(f"lead_prob must be in [0, 1], got {lead_prob}")
+        if lead_prob > 0 and not 0.0 <= lead_seconds[0] <= lead_seconds[1] < segment_seconds:
+            raise ValueError(f"lead_seconds must be (a, b) with 0 <= a <= b < segment_seconds, got {lead_seconds}")
+        self.lead_prob = float(lead_prob)
+        self.lead_seconds = (float(lead_seconds[0]), float(lead_seconds[1]))
         self._clip_cache: dict[int, np.ndarray] = {}
         self._rir_cache: dict[int, np.ndarray] = {}
 
@@ -101,9 +115,20 @@ class ReverbDataset:
         rir = self.rir(room_i)
         room = self.rooms[room_i]
         dry, start, first_clip = self._dry_stream(rng, lead=len(rir))
-        return self.render(dry, start, rir, rng, info={
+        lead = 0
+        if self.lead_prob > 0:
+            # Its own generator, so that examples without a lead are the same as with lead_prob = 0.
+            lrng = np.random.default_rng([self.seed, self.epoch, int(index), 1])
+            if lrng.random() < self.lead_prob:
+                lead = int(round(lrng.uniform(*self.lead_seconds) * self.sample_rate))
+                # Silent before start + lead: no sound, and no reverberant tail of earlier sound either.
+                dry = dry.copy()
+                dry[: start + lead] = 0.0
+        item = self.render(dry, start, rir, rng, info={
             "rt60": float(room["rt60"]), "drr": float(room["drr_db"]), "room": room["id"],
             "kind": self.clips[first_clip]["kind"], "clip": self.clips[first_clip]["id"]})
+        item["lead"] = np.int64(lead)
+        return item
 
     # ------------------------------------------------------------------ pieces
 

@@ -41,18 +41,30 @@ from training.train import batch_start, optimise, save_atomic
 HEAD = "music_gate."
 
 
-def frame_labels(batch: dict, frames: int) -> torch.Tensor:
-    """1 for music, 0 for speech, per frame: [B] -> [B, frames]."""
-    return batch["is_music"][:, None].expand(-1, frames)
+def lead_frames(batch: dict, frames: int, hop: int) -> torch.Tensor:
+    """True for the frames whose whole analysis window lies in the example's lead (``batch["lead"]``,
+    samples; no key: no lead): [B, frames] bool. Frame k reads input samples [(k-1) hop, (k+1) hop)."""
+    lead = batch.get("lead")
+    if lead is None:
+        return torch.zeros(batch["is_music"].shape[0], frames, dtype=torch.bool)
+    return torch.arange(frames)[None, :] < (lead // hop)[:, None]
 
 
-def gate_step(model: MaskLSTM, batch: dict, start: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def frame_labels(batch: dict, frames: int, hop: int, lead_label: float = 0.5) -> torch.Tensor:
+    """Target music probability per frame: 1 for music, 0 for speech, ``lead_label`` in a lead
+    (nothing sounds yet: neither kind): [B] -> [B, frames]."""
+    labels = batch["is_music"][:, None].expand(-1, frames)
+    return torch.where(lead_frames(batch, frames, hop), torch.full_like(labels, lead_label), labels)
+
+
+def gate_step(model: MaskLSTM, batch: dict, start: dict[str, torch.Tensor],
+              lead_label: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Run ``batch`` from ``start``; returns (cross-entropy, music logits [B, n], final recurrent states)."""
     mix = batch["mixture"]
     res = dict(zip(("audio_out", *model.state_names), model(mix, *(start[k] for k in model.state_names))))
     logit = model.last_music_logit
     assert logit is not None
-    loss = F.binary_cross_entropy_with_logits(logit, frame_labels(batch, logit.shape[1]))
+    loss = F.binary_cross_entropy_with_logits(logit, frame_labels(batch, logit.shape[1], model.cfg.hop, lead_label))
     return loss, logit.detach(), {k: res[k].detach() for k in model.state_names if k in RECURRENT}
 
 
@@ -66,7 +78,10 @@ def validate_gate(model: MaskLSTM, loader, rest_seconds: float, settle_frames: i
         b = batch["mixture"].shape[0]
         loss, logit, _ = gate_step(model, batch, model.rest_state(b, rest_seconds))
         losses.append(float(loss) * b)
-        right.append(((logit > 0).float() == frame_labels(batch, logit.shape[1])).numpy())
+        n = logit.shape[1]
+        # A lead's frames have no right answer; they count as right (validation has no leads anyway).
+        ok = ((logit > 0).float() == frame_labels(batch, n, model.cfg.hop)) | lead_frames(batch, n, model.cfg.hop)
+        right.append(ok.numpy())
         kinds.append(batch["is_music"].numpy() > 0.5)
     model.train()
     ok, music = np.concatenate(right), np.concatenate(kinds)
@@ -97,7 +112,9 @@ def train_gate(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.optim.seed)
     model = MaskLSTM(cfg.model)
     base = torch.load(cfg.optim.init_from, map_location="cpu", weights_only=True)
-    init_weights(model, base["model"])
+    # The head always starts from its own initialisation, so a gated checkpoint (the shipped .pt) can be
+    # the base: its other weights are the same as the checkpoint it was trained on.
+    init_weights(model, {k: v for k, v in base["model"].items() if not k.startswith(HEAD)})
     head = []
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith(HEAD))
@@ -116,7 +133,7 @@ def train_gate(cfg: TrainConfig) -> Path:
         carried, rest, running = None, None, []
         for step, batch in enumerate(tqdm(train_loader, desc=f"gate epoch {epoch}", total=steps, file=sys.stderr)):
             start, rest = batch_start(model, cfg, batch["mixture"].shape[0], step, carried, rest)
-            loss, _, carried = gate_step(model, batch, start)
+            loss, _, carried = gate_step(model, batch, start, cfg.data.lead_label)
             optimise(model, opt, loss, cfg.optim.grad_clip)  # the frozen weights have no gradients to clip
             sched.step()
             running.append(float(loss.detach()))

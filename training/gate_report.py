@@ -6,6 +6,11 @@ Three measurements, each through the torch model (the exported graph is the same
 
 * blend: 192 validation examples (half music, seed 21), each from the rest state; mean SI-SDR gain
   against the early-50 target for music (and its worst example) and for speech (RT60 >= 0.4 s, all);
+  ``blend_after_a_lead``: the same, each example starting with 0.05 to 1.5 s of its noise alone (a
+  recording or a stream that starts before the first sound);
+* noise floor: 20 s of white, pink and brown noise at -80 and -60 dBFS from the rest state (a live
+  microphone idling): the mean pass-through share, and the held share at the end (1: the hold is still
+  open when the first sound comes);
 * switching: the same examples back to back as 16 streams (the content changes every 4 s, state
   carried), the share of frames the head gets right after each change's first second;
 * speech over music: 16 validation speech examples with a validation music clip mixed in before the
@@ -91,6 +96,22 @@ def speech_over_music(model: MaskLSTM, corpus: Path, rooms: Path, n: int = 16) -
     return out
 
 
+@torch.no_grad()
+def noise_floor(model: MaskLSTM, seconds: float = 20.0) -> dict:
+    from training.mixing import colored_noise
+
+    n = int(seconds * model.cfg.sample_rate) // model.cfg.hop * model.cfg.hop
+    out = {}
+    for level in (-80, -60):
+        for kind in ("white", "pink", "brown"):
+            x = colored_noise(np.random.default_rng(level + 100), n, kind) * 10 ** (level / 20)
+            start = model.rest_state(1, 4.0)
+            model(torch.from_numpy(x.astype(np.float32))[None], *(start[k] for k in model.state_names))
+            share = model.last_pass_share[0]
+            out[f"{kind} {level} dBFS"] = {"mean_share": float(share.mean()), "end_share": float(share[-1])}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.gate_report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,14 +122,24 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from training.dataset import ReverbDataset
 
-    overrides = {k.removeprefix("model."): v for k, v in parse_sets(args.set).items()}
+    try:
+        sets = parse_sets(args.set)
+    except ValueError as exc:
+        ap.error(str(exc))
+    if any(not key.startswith("model.") for key in sets):
+        ap.error(f"--set takes model.KEY=VALUE, got {args.set}")
+    overrides = {k.removeprefix("model."): v for k, v in sets.items()}
     torch.set_num_threads(2)
     model, _ = load_checkpoint(args.checkpoint, overrides)
     if not model.cfg.music_gate:
         ap.error("the checkpoint has no music gate")
     ds = ReverbDataset(args.corpus, args.rooms, "val", segment_seconds=4.0, length=192, seed=21, music_share=0.5)
     batches = [_collate([ds[j] for j in range(i, i + 16)]) for i in range(0, 192, 16)]
-    report = {"blend": blend(model, batches), "switching": switching(model, batches),
+    led = ReverbDataset(args.corpus, args.rooms, "val", segment_seconds=4.0, length=192, seed=21, music_share=0.5,
+                        lead_prob=1.0, lead_seconds=(0.05, 1.5))
+    led_batches = [_collate([led[j] for j in range(i, i + 16)]) for i in range(0, 192, 16)]
+    report = {"blend": blend(model, batches), "blend_after_a_lead": blend(model, led_batches),
+              "noise_floor": noise_floor(model), "switching": switching(model, batches),
               "speech_over_music_pass_share": speech_over_music(model, args.corpus, args.rooms)}
     print(json.dumps(report, indent=1))
     return 0

@@ -161,7 +161,7 @@ def make_loaders(cfg: TrainConfig):
     mix = MixConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.mix.items()})
     train = ReverbDataset(d.corpus, d.rooms, "train", segment_seconds=d.segment_seconds,
                           length=d.train_examples_per_epoch, seed=cfg.optim.seed, mix=mix,
-                          music_share=d.music_share)
+                          music_share=d.music_share, lead_prob=d.lead_prob, lead_seconds=tuple(d.lead_seconds))
     val = ReverbDataset(d.corpus, d.rooms, "val", segment_seconds=d.segment_seconds,
                         length=d.val_examples, seed=cfg.optim.seed + 1, mix=mix)
     # Load clips and RIRs once, before the DataLoader forks: workers share the pages copy-on-write.
@@ -177,6 +177,7 @@ def _collate(items: list[dict]) -> dict:
     batch = {k: torch.from_numpy(np.stack([it[k] for it in items])) for k in keys}
     batch["rt60"] = torch.tensor([float(it.get("rt60", 0.0)) for it in items])
     batch["is_music"] = torch.tensor([float(it.get("is_music", 0.0)) for it in items])
+    batch["lead"] = torch.tensor([int(it.get("lead", 0)) for it in items], dtype=torch.int64)
     return batch
 
 

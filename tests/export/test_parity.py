@@ -16,9 +16,10 @@ from training.model import MaskLSTM, ModelConfig  # noqa: E402
 @pytest.fixture(scope="module", params=[{}, {"ema_seconds": (0.05, 0.5)}, {"band_width": 8, "band_hidden": 16},
                         {"band_width": 8, "band_hidden": 16, "lp_taps": 4}, {"lp_taps": 3},
                         {"time_basis": 32, "time_hidden": 16}, {"music_gate": True},
-                        {"music_gate": True, "music_clear_frames": 3, "music_start_open": True}],
+                        {"music_gate": True, "music_clear_frames": 3, "music_start_open": True},
+                        {"mask_exponent": 0.75}],
                 ids=["plain", "ema", "subband", "subband-lp", "fullband-lp", "two-stage", "music-gate",
-                     "music-gate-open"])
+                     "music-gate-open", "mask-exponent"])
 def exported(tmp_path_factory, request):
     torch.manual_seed(1)
     model = MaskLSTM(ModelConfig(hidden=48, **request.param)).eval()

@@ -111,6 +111,32 @@ def test_music_share_overrides_the_duration_share(data_dirs: tuple[Path, Path]) 
         ReverbDataset(corpus, rooms, "train", music_share=1.5)
 
 
+def test_a_lead_is_the_noise_alone_and_leaves_other_examples_as_they_were(data_dirs: tuple[Path, Path]) -> None:
+    corpus, rooms = data_dirs
+    mix = MixConfig(noise_prob=1.0, anechoic_prob=0.0)
+    plain = ReverbDataset(corpus, rooms, "train", segment_seconds=2.0, length=40, seed=2, mix=mix)
+    some = ReverbDataset(corpus, rooms, "train", segment_seconds=2.0, length=40, seed=2, mix=mix,
+                         lead_prob=0.5, lead_seconds=(0.2, 0.8))
+    leads = [int(some[i]["lead"]) for i in range(40)]
+    assert 8 < sum(n > 0 for n in leads) < 32 and all(n == 0 or 0.2 * FS <= n <= 0.8 * FS for n in leads)
+    for i, n in enumerate(leads):
+        a, b = plain[i], some[i]
+        assert int(a["lead"]) == 0
+        if n == 0:  # the lead's own generator: the rest of the draw is untouched
+            for k in ("mixture", "early", "direct"):
+                np.testing.assert_array_equal(a[k], b[k])
+            continue
+        # Nothing sounds in the lead, not even the tail of earlier sound: the targets are silent and the
+        # mixture is its noise, far below the sound that follows (SNR >= 20 dB on the active part).
+        for k in ("early", "direct"):  # zero up to the FFT convolution's round-off
+            assert np.max(np.abs(b[k][:n])) < 1e-9 * np.max(np.abs(b[k]))
+        assert 0 < np.mean(b["mixture"][:n] ** 2) < 0.05 * np.mean(b["mixture"][n:] ** 2)
+    with pytest.raises(ValueError, match="lead_prob"):
+        ReverbDataset(corpus, rooms, "train", lead_prob=2.0)
+    with pytest.raises(ValueError, match="lead_seconds"):
+        ReverbDataset(corpus, rooms, "train", segment_seconds=1.0, lead_prob=0.1, lead_seconds=(0.5, 1.0))
+
+
 def test_no_torch_import() -> None:
     import subprocess
 

@@ -1,4 +1,5 @@
-"""training.gate_report's measurements on a tiny gated model with known behaviour."""
+"""training.gate_report's measurements on a tiny gated model with known behaviour, and training.gate's
+frame labels."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from training.gate_report import blend, switching  # noqa: E402
+from training.config import parse_sets  # noqa: E402
+from training.gate import frame_labels, lead_frames  # noqa: E402
+from training.gate_report import blend, noise_floor, switching  # noqa: E402
 from training.model import MaskLSTM, ModelConfig  # noqa: E402
 
 
@@ -34,3 +37,30 @@ def test_a_shut_gate_passes_music_through_and_an_open_one_does_not():
     with torch.no_grad():
         model.music_gate.bias.fill_(-20.0)  # surely speech: the model's own (damaging) mask
     assert blend(model, _batches())["music_mean_db"] < -3.0
+
+
+def test_a_leads_frames_are_labelled_neither_speech_nor_music():
+    batch = {"is_music": torch.tensor([0.0, 1.0, 1.0]), "lead": torch.tensor([0, 256 * 3 + 255, 256 * 2])}
+    labels = frame_labels(batch, 6, 256, lead_label=0.5)
+    # Frame k reads samples [(k-1) 256, (k+1) 256): a lead of 3 hops + 255 samples covers frames 0-2 whole.
+    assert labels.tolist() == [[0.0] * 6, [0.5, 0.5, 0.5, 1.0, 1.0, 1.0], [0.5, 0.5, 1.0, 1.0, 1.0, 1.0]]
+    assert lead_frames({"is_music": torch.zeros(2)}, 4, 256).sum() == 0  # no "lead" key: no lead
+    assert frame_labels({"is_music": torch.tensor([1.0])}, 2, 256).tolist() == [[1.0, 1.0]]
+
+
+def test_the_noise_floor_report_sees_a_hold_that_noise_clears():
+    torch.manual_seed(0)
+    model = MaskLSTM(ModelConfig(hidden=16, music_gate=True, music_start_open=True, music_clear_frames=3)).eval()
+    sure_speech = noise_floor(model, seconds=1.0)  # the untrained head: every frame surely speech
+    assert all(r["end_share"] == 0.0 and 0 < r["mean_share"] < 0.1 for r in sure_speech.values())
+    with torch.no_grad():
+        model.music_gate.bias.fill_(3.0)  # p = 0.95 everywhere: the open hold stays open
+    assert all(r == {"mean_share": 1.0, "end_share": 1.0} for r in noise_floor(model, seconds=1.0).values())
+
+
+def test_set_takes_sections_and_top_level_keys():
+    assert parse_sets(["optim.epochs=2", 'out_dir="runs/x"', "data.lead_seconds=[0.1, 1.0]"]) == {
+        "optim.epochs": 2, "out_dir": "runs/x", "data.lead_seconds": [0.1, 1.0]}
+    for bad in ("optim.epochs", "=2", "optim.=2", ".epochs=2"):
+        with pytest.raises(ValueError, match="KEY=VALUE"):
+            parse_sets([bad])

@@ -160,6 +160,34 @@ def test_a_widened_lstm_starts_where_the_narrow_one_was(extra):
 
 
 @pytest.mark.parametrize("mask", ["complex", "magnitude"])
+def test_a_mask_exponent_below_one_suppresses_less(mask):
+    torch.manual_seed(0)
+    model = MaskLSTM(ModelConfig(hidden=32, mask=mask)).eval()
+    with torch.no_grad():
+        model.mask.weight.normal_(0, 0.5)
+        model.mask.bias.normal_(0, 1.0)  # a mask far from 1
+    x = torch.randn(1, 256 * 20) * 0.1
+    lat = model.cfg.step_latency
+    ref = torch.cat([torch.zeros(1, lat), x[:, :-lat]], 1)[:, 512:]  # the input, delayed: |mask| = 1 everywhere
+    err, energy = {}, {}
+    with torch.no_grad():
+        for g in (1.0, 0.5, 1e-4):
+            m = MaskLSTM(ModelConfig(hidden=32, mask=mask, mask_exponent=g)).eval()
+            m.load_state_dict(model.state_dict())
+            y = m.enhance(x)[:, 512:]
+            err[g] = float(((y - ref) ** 2).mean() / (ref**2).mean())
+            energy[g] = float((y**2).mean() / (ref**2).mean())
+            if g == 1.0:
+                assert torch.equal(m.enhance(x), model.enhance(x))
+    # Every bin keeps more of its energy as the exponent falls (the phase stays the mask's own).
+    assert energy[1.0] < energy[0.5] < energy[1e-4]
+    if mask == "magnitude":  # |mask| -> 1 is pass-through; a complex mask keeps its phase rotation
+        assert err[1.0] > err[0.5] > err[1e-4] and err[1e-4] < 1e-6
+    with pytest.raises(ValueError, match="mask_exponent"):
+        MaskLSTM(ModelConfig(mask_exponent=0.0))
+
+
+@pytest.mark.parametrize("mask", ["complex", "magnitude"])
 def test_music_gate_open_is_the_model_and_shut_is_pass_through(mask):
     from training.model import GATE_OPEN, GATE_SHUT
 
