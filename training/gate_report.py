@@ -2,7 +2,7 @@
 
     python -m training.gate_report CKPT [--set model.music_hold_seconds=0 ...] [--corpus DIR] [--rooms DIR]
 
-Three measurements, each through the torch model (the exported graph is the same step, parity-tested):
+Measurements, each through the torch model (the exported graph is the same step, parity-tested):
 
 * blend: 192 validation examples (half music, seed 21), each from the rest state; mean SI-SDR gain
   against the early-50 target for music (and its worst example) and for speech (RT60 >= 0.4 s, all);
@@ -98,6 +98,9 @@ def speech_over_music(model: MaskLSTM, corpus: Path, rooms: Path, n: int = 16) -
 
 @torch.no_grad()
 def noise_floor(model: MaskLSTM, seconds: float = 20.0) -> dict:
+    """``seconds`` of white, pink and brown noise at -80 and -60 dBFS (RMS, 16 kHz), each from the rest
+    state: {"KIND LEVEL dBFS": {"mean_share", "end_share"}}, the pass-through share over all hops and at
+    the last one."""
     from training.mixing import colored_noise
 
     n = int(seconds * model.cfg.sample_rate) // model.cfg.hop * model.cfg.hop
