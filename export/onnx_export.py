@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from stream.model import PASS_SHARE, StepModel
-from training.config import parse_sets
+from training.config import parse_model_sets
 from training.model import (MaskLSTM, ModelConfig, channel_axis, count_parameters, load_checkpoint,
                             macs_per_hop, rest_overrides)
 
@@ -357,12 +357,9 @@ def main(argv: list[str] | None = None) -> int:
                              "--set model.music_clear_frames=3; recorded in the card")
     args = parser.parse_args(argv)
     try:
-        sets = parse_sets(args.set)
+        overrides = parse_model_sets(args.set)
     except ValueError as exc:
         parser.error(str(exc))
-    if any(not key.startswith("model.") for key in sets):
-        parser.error(f"--set takes model.KEY=VALUE, got {args.set}")
-    overrides = {key.removeprefix("model."): value for key, value in sets.items()}
     metrics = None
     if args.metrics:
         full = json.loads(args.metrics.read_text())

@@ -157,3 +157,12 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
             raise ValueError(f"--set takes [SECTION.]KEY=VALUE, got {item!r}")
         out[key] = tomllib.loads(f"v = {value}")["v"]
     return out
+
+
+def parse_model_sets(items: list[str]) -> dict[str, Any]:
+    """``--set model.KEY=VALUE`` items -> {KEY: value}, for commands that change only model settings
+    (export, gate_report); raises ValueError naming the item for any other form."""
+    sets = parse_sets(items)
+    if any(not key.startswith("model.") for key in sets):
+        raise ValueError(f"--set takes model.KEY=VALUE, got {items}")
+    return {key.removeprefix("model."): value for key, value in sets.items()}

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.config import parse_sets
+from training.config import parse_model_sets
 from training.model import MaskLSTM, load_checkpoint
 from training.train import _collate, si_sdr_db
 
@@ -126,12 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     from training.dataset import ReverbDataset
 
     try:
-        sets = parse_sets(args.set)
+        overrides = parse_model_sets(args.set)
     except ValueError as exc:
         ap.error(str(exc))
-    if any(not key.startswith("model.") for key in sets):
-        ap.error(f"--set takes model.KEY=VALUE, got {args.set}")
-    overrides = {k.removeprefix("model."): v for k, v in sets.items()}
     torch.set_num_threads(2)
     model, _ = load_checkpoint(args.checkpoint, overrides)
     if not model.cfg.music_gate:

@@ -75,9 +75,9 @@ class ModelConfig:
     # "complex" (bounded complex ratio mask) or "magnitude" (real sigmoid mask, phase of the input).
     mask: str = "complex"
     # The mask's magnitude is raised to this power (its phase kept): below 1 the mask suppresses less.
-    # Carries no weights, so it can be set at export. Why: the trained mask removes more than is best for
-    # SI-SDR against the early-50 target; 0.75 gains 0.07 dB on reverberant validation speech and costs
-    # near-clean input and music less (docs/model.md, "Mask exponent").
+    # Carries no weights, so it can be set at export. Measured, not used: 0.75 gained 0.07 dB on
+    # reverberant validation speech, but on the test set it lost the direct path, the longest rooms,
+    # PESQ and DNSMOS (docs/model.md, "Mask exponent").
     mask_exponent: float = 1.0
     # Width of the linear layer in front of the LSTM (0: the features go straight into the LSTM).
     input_proj: int = 256

@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from training.config import parse_sets  # noqa: E402
+from training.config import parse_model_sets, parse_sets  # noqa: E402
 from training.gate import frame_labels, lead_frames  # noqa: E402
 from training.gate_report import blend, noise_floor, switching  # noqa: E402
 from training.model import MaskLSTM, ModelConfig  # noqa: E402
@@ -64,3 +64,7 @@ def test_set_takes_sections_and_top_level_keys():
     for bad in ("optim.epochs", "=2", "optim.=2", ".epochs=2"):
         with pytest.raises(ValueError, match="KEY=VALUE"):
             parse_sets([bad])
+    # Export and gate_report change model settings only.
+    assert parse_model_sets(["model.music_clear_frames=3"]) == {"music_clear_frames": 3}
+    with pytest.raises(ValueError, match="model.KEY=VALUE"):
+        parse_model_sets(['out_dir="runs/x"'])

@@ -159,13 +159,19 @@ def test_a_widened_lstm_starts_where_the_narrow_one_was(extra):
         init_weights(MaskLSTM(ModelConfig(hidden=24, **extra)), wide.state_dict())
 
 
-@pytest.mark.parametrize("mask", ["complex", "magnitude"])
-def test_a_mask_exponent_below_one_suppresses_less(mask):
+def _far_from_pass_through(mask: str) -> MaskLSTM:
+    """A small model (seeded) whose mask is far from 1, in eval mode."""
     torch.manual_seed(0)
     model = MaskLSTM(ModelConfig(hidden=32, mask=mask)).eval()
     with torch.no_grad():
         model.mask.weight.normal_(0, 0.5)
-        model.mask.bias.normal_(0, 1.0)  # a mask far from 1
+        model.mask.bias.normal_(0, 1.0)
+    return model
+
+
+@pytest.mark.parametrize("mask", ["complex", "magnitude"])
+def test_a_mask_exponent_below_one_suppresses_less(mask):
+    model = _far_from_pass_through(mask)
     x = torch.randn(1, 256 * 20) * 0.1
     lat = model.cfg.step_latency
     ref = torch.cat([torch.zeros(1, lat), x[:, :-lat]], 1)[:, 512:]  # the input, delayed: |mask| = 1 everywhere
@@ -191,11 +197,7 @@ def test_a_mask_exponent_below_one_suppresses_less(mask):
 def test_music_gate_open_is_the_model_and_shut_is_pass_through(mask):
     from training.model import GATE_OPEN, GATE_SHUT
 
-    torch.manual_seed(0)
-    base = MaskLSTM(ModelConfig(hidden=32, mask=mask)).eval()
-    with torch.no_grad():
-        base.mask.weight.normal_(0, 0.5)
-        base.mask.bias.normal_(0, 1.0)  # a mask far from 1, so pass-through differs from it
+    base = _far_from_pass_through(mask)  # so pass-through differs from the model's own mask
     grown = MaskLSTM(ModelConfig(hidden=32, mask=mask, music_gate=True)).eval()
     init_weights(grown, base.state_dict())
     x = torch.randn(1, 256 * 20) * 0.1
