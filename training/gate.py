@@ -50,7 +50,7 @@ def lead_frames(batch: dict, frames: int, hop: int) -> torch.Tensor:
     return torch.arange(frames)[None, :] < (lead // hop)[:, None]
 
 
-def frame_labels(batch: dict, frames: int, hop: int, lead_label: float = 0.5) -> torch.Tensor:
+def frame_labels(batch: dict, frames: int, hop: int, lead_label: float) -> torch.Tensor:
     """Target music probability per frame: 1 for music, 0 for speech, ``lead_label`` in a lead
     (nothing sounds yet: neither kind): [B] -> [B, frames]."""
     labels = batch["is_music"][:, None].expand(-1, frames)
@@ -58,8 +58,9 @@ def frame_labels(batch: dict, frames: int, hop: int, lead_label: float = 0.5) ->
 
 
 def gate_step(model: MaskLSTM, batch: dict, start: dict[str, torch.Tensor],
-              lead_label: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Run ``batch`` from ``start``; returns (cross-entropy, music logits [B, n], final recurrent states)."""
+              lead_label: float) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Run ``batch`` from ``start``; returns (cross-entropy against ``frame_labels``, music logits [B, n],
+    final recurrent states)."""
     mix = batch["mixture"]
     res = dict(zip(("audio_out", *model.state_names), model(mix, *(start[k] for k in model.state_names))))
     logit = model.last_music_logit
@@ -69,18 +70,19 @@ def gate_step(model: MaskLSTM, batch: dict, start: dict[str, torch.Tensor],
 
 
 @torch.no_grad()
-def validate_gate(model: MaskLSTM, loader, rest_seconds: float, settle_frames: int = 63) -> dict:
+def validate_gate(model: MaskLSTM, loader, rest_seconds: float, lead_label: float, settle_frames: int = 63) -> dict:
     """Cross-entropy and frame accuracy per kind; "settled" leaves out each example's first
     ``settle_frames`` (1 s at hop 16 ms), where the stream has only just started."""
     model.eval()
     losses, right, kinds = [], [], []
     for batch in loader:
         b = batch["mixture"].shape[0]
-        loss, logit, _ = gate_step(model, batch, model.rest_state(b, rest_seconds))
+        loss, logit, _ = gate_step(model, batch, model.rest_state(b, rest_seconds), lead_label)
         losses.append(float(loss) * b)
         n = logit.shape[1]
         # A lead's frames have no right answer; they count as right (validation has no leads anyway).
-        ok = ((logit > 0).float() == frame_labels(batch, n, model.cfg.hop)) | lead_frames(batch, n, model.cfg.hop)
+        labels = frame_labels(batch, n, model.cfg.hop, lead_label)
+        ok = ((logit > 0).float() == labels) | lead_frames(batch, n, model.cfg.hop)
         right.append(ok.numpy())
         kinds.append(batch["is_music"].numpy() > 0.5)
     model.train()
@@ -137,7 +139,7 @@ def train_gate(cfg: TrainConfig) -> Path:
             optimise(model, opt, loss, cfg.optim.grad_clip)  # the frozen weights have no gradients to clip
             sched.step()
             running.append(float(loss.detach()))
-        val = validate_gate(model, val_loader, cfg.optim.rest_seconds)
+        val = validate_gate(model, val_loader, cfg.optim.rest_seconds, cfg.data.lead_label)
         record = {"epoch": epoch, "train_loss": float(np.mean(running)), **val,
                   "elapsed_s": round(time.monotonic() - t0, 1)}
         history.append(record)

@@ -40,6 +40,7 @@ Latency: output hop k completes input samples [(k-1)*hop, k*hop), so the step de
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,6 +57,11 @@ GROWN_LAYERS: tuple[str, ...] = ("lp.", "time_", "music_gate.")
 # Music gate (ModelConfig.music_gate): below GATE_OPEN music probability the mask is the model's own,
 # above GATE_SHUT it is exactly 1 (pass-through), linear in between.
 GATE_OPEN, GATE_SHUT = 0.1, 0.9
+
+
+def _float32() -> contextlib.AbstractContextManager:
+    """A context in which a caller's CPU autocast is off (a no-op when none is on, as in export)."""
+    return torch.autocast("cpu", enabled=False) if torch.is_autocast_enabled("cpu") else contextlib.nullcontext()
 
 
 def channel_axis(state: str) -> int:
@@ -321,30 +327,34 @@ class MaskLSTM(nn.Module):
             (audio_out [B, n * hop] delayed by ``win - hop`` samples, then each state's new value in
             the same order).
         """
-        analysis, ola, lstm_h, lstm_c = states[:4]
-        named = dict(zip(self.state_names[4:], states[4:]))  # the optional states, by name
-        hop = self.cfg.hop
-        batch = audio.shape[0]
-        buf = torch.cat([analysis, audio], dim=1).reshape(batch, -1, hop)  # [B, n+1, hop]
-        frames = torch.cat([buf[:, :-1], buf[:, 1:]], dim=2)  # [B, n, win]
-        spec = frames @ self.dft_forward  # [B, n, 2F]
-        f = self.cfg.bins
-        re, im = spec[..., :f], spec[..., f:]
-        power = re * re + im * im + self.cfg.log_floor
-        feat = feat_log = torch.log(power) * self.feat_scale + self.feat_bias
-        if self.cfg.mask == "complex":
-            # |X|^0.3 with X's phase: a level-compressed view of the phase for the complex mask.
-            squash = power ** -0.35
-            feat = torch.cat([feat, re * squash, im * squash], dim=2)
-        extra: tuple[Tensor, ...] = ()
-        if self.cfg.ema_seconds:
-            # Late reverberation is, per bin, a decaying echo of past power (the classic late-reverb PSD
-            # estimate is a delayed, exponentially smoothed power). Averages at a few time constants
-            # give the network that history directly instead of making the LSTM learn the integrator.
-            ema = _ema_scan(power, named["ema"], self.ema_decay)  # [B, K, n, F]
-            ema_feat = torch.log(ema + self.cfg.log_floor) * self.ema_scale[None, :, None] + self.ema_bias[None, :, None]
-            feat = torch.cat([feat, ema_feat.transpose(1, 2).flatten(2)], dim=2)
-            extra = (ema[:, :, -1],)
+        # Under a caller's bfloat16 autocast (training, optim.precision) only the network runs in bf16:
+        # with its 8-bit mantissa the DFT, the mask's product and the overlap-add would each add
+        # error near -50 dB, about the 30-50 dB SNR the loss asks of near-clean examples.
+        with _float32():
+            analysis, ola, lstm_h, lstm_c = states[:4]
+            named = dict(zip(self.state_names[4:], states[4:]))  # the optional states, by name
+            hop = self.cfg.hop
+            batch = audio.shape[0]
+            buf = torch.cat([analysis, audio], dim=1).reshape(batch, -1, hop)  # [B, n+1, hop]
+            frames = torch.cat([buf[:, :-1], buf[:, 1:]], dim=2)  # [B, n, win]
+            spec = frames @ self.dft_forward  # [B, n, 2F]
+            f = self.cfg.bins
+            re, im = spec[..., :f], spec[..., f:]
+            power = re * re + im * im + self.cfg.log_floor
+            feat = feat_log = torch.log(power) * self.feat_scale + self.feat_bias
+            if self.cfg.mask == "complex":
+                # |X|^0.3 with X's phase: a level-compressed view of the phase for the complex mask.
+                squash = power ** -0.35
+                feat = torch.cat([feat, re * squash, im * squash], dim=2)
+            extra: tuple[Tensor, ...] = ()
+            if self.cfg.ema_seconds:
+                # Late reverberation is, per bin, a decaying echo of past power (the classic late-reverb PSD
+                # estimate is a delayed, exponentially smoothed power). Averages at a few time constants
+                # give the network that history directly instead of making the LSTM learn the integrator.
+                ema = _ema_scan(power, named["ema"], self.ema_decay)  # [B, K, n, F]
+                ema_feat = torch.log(ema + self.cfg.log_floor) * self.ema_scale[None, :, None] + self.ema_bias[None, :, None]
+                feat = torch.cat([feat, ema_feat.transpose(1, 2).flatten(2)], dim=2)
+                extra = (ema[:, :, -1],)
         if self.proj is not None:
             feat = self.proj(feat)
         hidden, (h_out, c_out) = self.lstm(feat, (lstm_h, lstm_c))
@@ -359,53 +369,58 @@ class MaskLSTM(nn.Module):
         else:
             z = self.mask(hidden)
             coef = self.lp(hidden).reshape(batch, hidden.shape[1], 2, self.cfg.lp_taps, f) if self.cfg.lp_taps else None
-        if coef is not None:
-            re, im, past = self._predict(spec, named["spec_past"], coef)
-            extra = extra + (past,)
-        passed, held = None, ()
-        if self.cfg.music_gate:
-            logit = self.music_gate(hidden)[..., 0]  # [B, n]
-            self.last_music_logit = logit
-            # Digital silence is no evidence of either kind, yet the head reads it as speech. The hold
-            # neither clears nor releases there, so silence leaves the rest state where it is.
-            silent = frames.square().mean(-1) <= 10.0 ** (self.cfg.music_quiet_dbfs / 10.0)
-            share, hold = gate_shares(logit, named.get("music_hold"), self.cfg, silent)  # [B, n], [B, k]
-            self.last_pass_share = share
-            if hold is not None:
-                held = (hold,)
-            passed = share.unsqueeze(-1)  # written as mask + passed * (1 - mask): exactly the mask where 0
-        if self.cfg.mask == "magnitude":
-            mask = torch.sigmoid(z)
-            if self.cfg.mask_exponent != 1.0:
-                mask = mask ** self.cfg.mask_exponent
-            if passed is not None:
-                mask = mask + passed * (1.0 - mask)
-            out_re, out_im = re * mask, im * mask
-        else:
-            zr, zi = z[..., :f], z[..., f:]
-            mag = torch.sqrt(zr * zr + zi * zi + 1e-12)
-            bounded = torch.tanh(mag)  # bounds |mask| below 1
-            if self.cfg.mask_exponent != 1.0:
-                bounded = bounded ** self.cfg.mask_exponent  # still in (0, 1): tanh(mag) > 0 for mag >= 1e-6
-            gain = bounded / mag  # |mask| = bounded, the phase of z kept
-            mr, mi = zr * gain, zi * gain
-            if passed is not None:
-                mr, mi = mr + passed * (1.0 - mr), mi - passed * mi  # still |mask| <= 1: a blend of two such masks
-            out_re, out_im = mr * re - mi * im, mr * im + mi * re
-        out_frames = torch.cat([out_re, out_im], dim=2) @ self.dft_inverse  # [B, n, win]
-        if self.cfg.time_basis:
-            # A mask on the STFT can only scale and rotate each bin of each frame. A learned basis is not
-            # tied to the DFT's bins, so the second stage can shape what falls between them and across the
-            # frame (DTLN's argument, and the prototype's goal of working on the waveform). It sees the
-            # frame as the first stage left it, normalised per frame (DTLN's instant layer norm), so its
-            # mask does not depend on the level.
-            code = self.time_enc(out_frames)  # [B, n, N]
-            th, (th_out, tc_out) = self.time_lstm(self.time_norm(code), (named["time_h"], named["time_c"]))
-            out_frames = out_frames + self.time_dec(code * torch.sigmoid(self.time_mask(th)))
-            extra = extra + (th_out, tc_out)
-        first, second = out_frames[..., :hop], out_frames[..., hop:]
-        prev_second = torch.cat([ola.unsqueeze(1), second[:, :-1]], dim=1)
-        audio_out = (first + prev_second).reshape(batch, -1)
+        with _float32():
+            # The network's outputs come back as float32 for the DSP that follows.
+            hidden, z, h_out, c_out = hidden.float(), z.float(), h_out.float(), c_out.float()
+            coef = coef.float() if coef is not None else None
+            extra = tuple(e.float() for e in extra)
+            if coef is not None:
+                re, im, past = self._predict(spec, named["spec_past"], coef)
+                extra = extra + (past,)
+            passed, held = None, ()
+            if self.cfg.music_gate:
+                logit = self.music_gate(hidden)[..., 0]  # [B, n]
+                self.last_music_logit = logit
+                # Digital silence is no evidence of either kind, yet the head reads it as speech. The hold
+                # neither clears nor releases there, so silence leaves the rest state where it is.
+                silent = frames.square().mean(-1) <= 10.0 ** (self.cfg.music_quiet_dbfs / 10.0)
+                share, hold = gate_shares(logit, named.get("music_hold"), self.cfg, silent)  # [B, n], [B, k]
+                self.last_pass_share = share
+                if hold is not None:
+                    held = (hold,)
+                passed = share.unsqueeze(-1)  # written as mask + passed * (1 - mask): exactly the mask where 0
+            if self.cfg.mask == "magnitude":
+                mask = torch.sigmoid(z)
+                if self.cfg.mask_exponent != 1.0:
+                    mask = mask ** self.cfg.mask_exponent
+                if passed is not None:
+                    mask = mask + passed * (1.0 - mask)
+                out_re, out_im = re * mask, im * mask
+            else:
+                zr, zi = z[..., :f], z[..., f:]
+                mag = torch.sqrt(zr * zr + zi * zi + 1e-12)
+                bounded = torch.tanh(mag)  # bounds |mask| below 1
+                if self.cfg.mask_exponent != 1.0:
+                    bounded = bounded ** self.cfg.mask_exponent  # still in (0, 1): tanh(mag) > 0 for mag >= 1e-6
+                gain = bounded / mag  # |mask| = bounded, the phase of z kept
+                mr, mi = zr * gain, zi * gain
+                if passed is not None:
+                    mr, mi = mr + passed * (1.0 - mr), mi - passed * mi  # still |mask| <= 1: a blend of two such masks
+                out_re, out_im = mr * re - mi * im, mr * im + mi * re
+            out_frames = torch.cat([out_re, out_im], dim=2) @ self.dft_inverse  # [B, n, win]
+            if self.cfg.time_basis:
+                # A mask on the STFT can only scale and rotate each bin of each frame. A learned basis is not
+                # tied to the DFT's bins, so the second stage can shape what falls between them and across the
+                # frame (DTLN's argument, and the prototype's goal of working on the waveform). It sees the
+                # frame as the first stage left it, normalised per frame (DTLN's instant layer norm), so its
+                # mask does not depend on the level.
+                code = self.time_enc(out_frames)  # [B, n, N]
+                th, (th_out, tc_out) = self.time_lstm(self.time_norm(code), (named["time_h"], named["time_c"]))
+                out_frames = out_frames + self.time_dec(code * torch.sigmoid(self.time_mask(th)))
+                extra = extra + (th_out, tc_out)
+            first, second = out_frames[..., :hop], out_frames[..., hop:]
+            prev_second = torch.cat([ola.unsqueeze(1), second[:, :-1]], dim=1)
+            audio_out = (first + prev_second).reshape(batch, -1)
         return (audio_out, audio[:, -hop:], second[:, -1], h_out, c_out) + extra + held
 
     def _bands(self, per_bin: Tensor, hidden: Tensor, band_h: Tensor, band_c: Tensor, batch: int, n: int):

@@ -83,7 +83,8 @@ def loss_ceiling_db(mix: torch.Tensor, ref: torch.Tensor, cfg: TrainConfig) -> t
     return (snr_db(mix, ref).detach() + lc.snr_cap_margin_db).clamp(lc.snr_max_db, lc.snr_cap_max_db)
 
 
-def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig, start: dict[str, torch.Tensor] | None = None):
+def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig, start: dict[str, torch.Tensor] | None = None,
+                 precision: str = "float32"):
     """Negative thresholded SNR of the output against the target, plus the compressed-spectrum terms
     when ``loss.spectral_db_weight`` > 0.
 
@@ -91,13 +92,16 @@ def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig, start: dict[str
     target shifted by the same amount; the first samples (filter warm-up) are excluded. ``start``
     (state name -> tensor, batch on the channel axis) is the state the step starts from (default:
     zeros); carried-state training passes the rest state with the previous example's LSTM state.
+    ``precision`` "bfloat16" runs the network under CPU autocast (training steps, ``optim.precision``);
+    validation keeps float32, as the exported model runs.
     Returns (loss, per-example SI-SDR of output vs target, final recurrent states by name).
     """
     mix = batch["mixture"]
     target = batch[cfg.loss.target]
     lat = model.cfg.step_latency
     st = start if start is not None else model.initial_state(mix.shape[0])
-    res = dict(zip(("audio_out", *model.state_names), model(mix, *(st[k] for k in model.state_names))))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+        res = dict(zip(("audio_out", *model.state_names), model(mix, *(st[k] for k in model.state_names))))
     out = res["audio_out"][:, lat:]
     ref = target[:, : target.shape[1] - lat]
     cap = loss_ceiling_db(mix[:, : target.shape[1] - lat], ref, cfg)
@@ -255,7 +259,7 @@ def train(cfg: TrainConfig) -> Path:
         carried, rest, step = None, None, 0
         for batch in bar:
             start, rest = batch_start(model, cfg, batch["mixture"].shape[0], step, carried, rest)
-            loss, sdr, carried = compute_loss(model, batch, cfg, start)
+            loss, sdr, carried = compute_loss(model, batch, cfg, start, cfg.optim.precision)
             step += 1
             optimise(model, opt, loss, cfg.optim.grad_clip)
             sched.step()

@@ -45,7 +45,7 @@ def test_a_leads_frames_are_labelled_neither_speech_nor_music():
     # Frame k reads samples [(k-1) 256, (k+1) 256): a lead of 3 hops + 255 samples covers frames 0-2 whole.
     assert labels.tolist() == [[0.0] * 6, [0.5, 0.5, 0.5, 1.0, 1.0, 1.0], [0.5, 0.5, 1.0, 1.0, 1.0, 1.0]]
     assert lead_frames({"is_music": torch.zeros(2)}, 4, 256).sum() == 0  # no "lead" key: no lead
-    assert frame_labels({"is_music": torch.tensor([1.0])}, 2, 256).tolist() == [[1.0, 1.0]]
+    assert frame_labels({"is_music": torch.tensor([1.0])}, 2, 256, lead_label=0.5).tolist() == [[1.0, 1.0]]
 
 
 def test_the_noise_floor_report_sees_a_hold_that_noise_clears():
