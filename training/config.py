@@ -46,13 +46,9 @@ class OptimConfig:
     threads: int = 2
     # "float32", or "bfloat16": the network (not the DFTs, the mask's product or the loss) runs under
     # CPU autocast. On this machine's AMX CPU the network's forward and backward take 0.56 of the
-    # float32 time and a whole epoch 0.80 (docs/model.md, "One run in bfloat16"). Validation and
+    # float32 time and a whole epoch 0.80 (docs/model.md, "Training of the shipped model"). Validation and
     # export stay float32.
     precision: str = "float32"
-
-    def __post_init__(self) -> None:
-        if self.precision not in ("float32", "bfloat16"):
-            raise ValueError(f"optim.precision is float32 or bfloat16, got {self.precision!r}")
     # Start each batch from the LSTM state of the previous one (see training.train); off reproduces
     # the shipped model's zero-state training.
     carry_state: bool = False
@@ -67,6 +63,10 @@ class OptimConfig:
     # Validation figure that selects best.pt: "si_sdr_gain_reverb_db" (mean SI-SDR gain at RT60 >= 0.4 s)
     # or "loss" (the validation loss, which also weighs near-dry examples; lower is better).
     select: str = "si_sdr_gain_reverb_db"
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("float32", "bfloat16"):
+            raise ValueError(f"optim.precision is float32 or bfloat16, got {self.precision!r}")
 
 
 @dataclass(frozen=True)
