@@ -84,7 +84,7 @@ def loss_ceiling_db(mix: torch.Tensor, ref: torch.Tensor, cfg: TrainConfig) -> t
 
 
 def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig, start: dict[str, torch.Tensor] | None = None,
-                 precision: str = "float32"):
+                 bf16: bool = False):
     """Negative thresholded SNR of the output against the target, plus the compressed-spectrum terms
     when ``loss.spectral_db_weight`` > 0.
 
@@ -92,15 +92,15 @@ def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig, start: dict[str
     target shifted by the same amount; the first samples (filter warm-up) are excluded. ``start``
     (state name -> tensor, batch on the channel axis) is the state the step starts from (default:
     zeros); carried-state training passes the rest state with the previous example's LSTM state.
-    ``precision`` "bfloat16" runs the network under CPU autocast (training steps, ``optim.precision``);
-    validation keeps float32, as the exported model runs.
+    ``bf16`` runs the network under CPU bfloat16 autocast (training steps with ``optim.precision =
+    "bfloat16"``); validation keeps float32, as the exported model runs.
     Returns (loss, per-example SI-SDR of output vs target, final recurrent states by name).
     """
     mix = batch["mixture"]
     target = batch[cfg.loss.target]
     lat = model.cfg.step_latency
     st = start if start is not None else model.initial_state(mix.shape[0])
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         res = dict(zip(("audio_out", *model.state_names), model(mix, *(st[k] for k in model.state_names))))
     out = res["audio_out"][:, lat:]
     ref = target[:, : target.shape[1] - lat]
@@ -259,7 +259,7 @@ def train(cfg: TrainConfig) -> Path:
         carried, rest, step = None, None, 0
         for batch in bar:
             start, rest = batch_start(model, cfg, batch["mixture"].shape[0], step, carried, rest)
-            loss, sdr, carried = compute_loss(model, batch, cfg, start, cfg.optim.precision)
+            loss, sdr, carried = compute_loss(model, batch, cfg, start, bf16=cfg.optim.precision == "bfloat16")
             step += 1
             optimise(model, opt, loss, cfg.optim.grad_clip)
             sched.step()

@@ -329,7 +329,7 @@ def test_bfloat16_training_step_reaches_every_weight():
     losses = {}
     for precision in ("float32", "bfloat16"):
         model.zero_grad()
-        loss, _, carried = compute_loss(model, batch, cfg, precision=precision)
+        loss, _, carried = compute_loss(model, batch, cfg, bf16=precision == "bfloat16")
         loss.backward()
         assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
                    for p in model.parameters())
@@ -337,5 +337,8 @@ def test_bfloat16_training_step_reaches_every_weight():
         losses[precision] = float(loss.detach())
     assert losses["bfloat16"] != losses["float32"]
     assert abs(losses["bfloat16"] - losses["float32"]) < 0.05 * abs(losses["float32"])
+
+
+def test_an_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision"):
         load_config(ROOT / "training/configs/default.toml", {"optim.precision": "float16"})
