@@ -68,6 +68,11 @@ class OptimConfig:
         if self.precision not in ("float32", "bfloat16"):
             raise ValueError(f"optim.precision is float32 or bfloat16, got {self.precision!r}")
 
+    @property
+    def bf16(self) -> bool:
+        """Whether training steps run the network under bfloat16 autocast (``compute_loss(bf16=...)``)."""
+        return self.precision == "bfloat16"
+
 
 @dataclass(frozen=True)
 class LossConfig:

@@ -13,8 +13,8 @@ bigger or different model, not more data, is what helps.
 Can the architecture represent a large gain at all? Trains the checkpoint (or, with ``--scratch``, the
 same architecture from random weights, seed 0) on ``--overfit`` fixed reverberant (RT60 >= 0.4 s)
 training-split speech examples for ``--steps`` steps (batches of 16 cycling through them, the config's
-loss, Adam at ``--lr``, from the rest state), and prints every ``--every`` steps the SI-SDR gain on
-those same examples and on the config's held-out validation examples with RT60 >= 0.4 s. A gain far
+loss and precision, Adam at ``--lr``, from the rest state), and prints every ``--every`` steps the SI-SDR
+gain on those same examples and on the config's held-out validation examples with RT60 >= 0.4 s. A gain far
 above the full-data figure on the memorised examples, with none on held-out ones, means the limit is
 learning the whole distribution (capacity, training length), not what the mask can express.
 """
@@ -68,7 +68,7 @@ def overfit(model: MaskLSTM, cfg: TrainConfig, val, count: int, steps: int, lr: 
         model.train()
         b = batches[step % len(batches)]
         start, rest = batch_start(model, cfg, b["mixture"].shape[0], step, None, rest)
-        loss, _, _ = compute_loss(model, b, cfg, start=start)
+        loss, _, _ = compute_loss(model, b, cfg, start=start, bf16=cfg.optim.bf16)
         optimise(model, opt, loss, cfg.optim.grad_clip)
         spent += time.perf_counter() - t0
     return rows

@@ -55,8 +55,10 @@ def istft(spec: np.ndarray, inv: np.ndarray, n: int, win: int, hop: int) -> np.n
     return y
 
 
-def oracle_masks(mix: np.ndarray, early: np.ndarray, cfg: ModelConfig) -> dict[str, np.ndarray]:
-    """Outputs [n] of each ideal mask family for one example (16 kHz, float64)."""
+def oracle_masks(mix: np.ndarray, early: np.ndarray, cfg: ModelConfig,
+                 lp_taps: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
+    """Outputs [n] of each ideal mask family for one example (16 kHz, float64); linear prediction with
+    each of ``lp_taps`` filter lengths in hops (default ``LP_TAPS``)."""
     fwd, inv = (m.numpy().astype(np.float64) for m in dft_matrices(cfg.win))
     m_spec, e_spec = stft(mix, fwd, cfg.win, cfg.hop), stft(early, fwd, cfg.win, cfg.hop)
     g = e_spec / (m_spec + 1e-12)
@@ -66,7 +68,7 @@ def oracle_masks(mix: np.ndarray, early: np.ndarray, cfg: ModelConfig) -> dict[s
            "real [0,1], phase-sensitive": np.clip(np.real(g), 0, 1) * m_spec}
     for bound in (1, 2, 4):
         out[f"complex |m|<={bound}"] = g / np.maximum(1.0, np.abs(g) / bound) * m_spec
-    for taps in LP_TAPS:
+    for taps in LP_TAPS if lp_taps is None else lp_taps:
         lp = m_spec - _lp_estimate(m_spec, e_spec, LP_DELAY, taps)
         out[f"LP {taps} taps"] = lp
         gl = e_spec / (lp + 1e-12)
@@ -156,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-set", action="store_true",
                     help="use the reverberant speech examples of `python -m training.evaluate` (test split, "
                          "its --count and --seed), where the targets are measured, instead of --split")
+    ap.add_argument("--lp-taps", type=int, nargs="+", default=list(LP_TAPS), metavar="N",
+                    help="linear-prediction filter lengths in hops (default: %(default)s); the model's "
+                         "prediction head (ModelConfig.lp_taps) has 4")
     args = ap.parse_args(argv)
     cfg = ModelConfig()
     if args.framings:
@@ -165,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     for rt60, mix, early, direct in _examples(args):
         sl = slice(edge, len(mix) - edge)
         rows.append((rt60, "input", si_sdr(mix[sl], early[sl]), si_sdr(mix[sl], direct[sl])))
-        for name, y in oracle_masks(mix, early, cfg).items():
+        for name, y in oracle_masks(mix, early, cfg, tuple(args.lp_taps)).items():
             rows.append((rt60, name, si_sdr(y[sl], early[sl]), si_sdr(y[sl], direct[sl])))
         # The target itself: its SI-SDR against the direct path is the most that any system that
         # delivers exactly the early-50 target can score there.

@@ -11,8 +11,9 @@ second stage, whose output layer is zero at init) keep their initialisation, so 
 exactly at the checkpoint's quality.
 
 Each run: seed 0, batch 16 of fresh 4 s training examples (seed 7), Adam (lr 1e-3 unless --lr), one
-thread; the loss is ``training.train.compute_loss`` with a 30 dB ceiling (plus the compressed-spectrum
-terms for the ``-spectral`` variants), from the zero state; every 100 steps it prints the mean SI-SDR
+thread, float32 (``--precision bfloat16``: the network in bf16, as ``optim.precision`` does); the loss
+is ``training.train.compute_loss`` with a 30 dB ceiling (plus the compressed-spectrum terms for the
+``-spectral`` variants), from the zero state; every 100 steps it prints the mean SI-SDR
 gain against the early-50 target on 64 validation examples with RT60 >= 0.4 s (from the zero state). Weak evidence by design: a few minutes per variant.
 
     python -m training.quick_compare --cost
@@ -29,7 +30,7 @@ import time
 
 import torch
 
-from training.config import LossConfig, TrainConfig
+from training.config import LossConfig, OptimConfig, TrainConfig
 from training.dataset import ReverbDataset
 from training.model import MaskLSTM, ModelConfig, init_weights
 from training.train import _collate, compute_loss, optimise, si_sdr_db
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--init", default="", help="start from this checkpoint's weights (new layers stay as initialised)")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                        help="the network's precision in training steps (optim.precision); validation stays float32")
     parser.add_argument("--corpus", default="/work/data/corpus")
     parser.add_argument("--rooms", default="/work/data/rooms")
     args = parser.parse_args(argv)
@@ -76,12 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             parser.error(f"{args.init} and {args.variant}: {e}")
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    cfg = TrainConfig(model=model.cfg, loss=LossConfig(snr_max_db=30.0, spectral_db_weight=1.0 if spectral else 0.0))
+    cfg = TrainConfig(model=model.cfg, loss=LossConfig(snr_max_db=30.0, spectral_db_weight=1.0 if spectral else 0.0),
+                      optim=OptimConfig(precision=args.precision))
     lat = model.cfg.step_latency
     t0 = time.time()
     for step in range(args.steps):
         b = _collate([train[step * 16 + j] for j in range(16)])
-        loss, _, _ = compute_loss(model, b, cfg)
+        loss, _, _ = compute_loss(model, b, cfg, bf16=cfg.optim.bf16)
         optimise(model, opt, loss, cfg.optim.grad_clip)
         if (step + 1) % 100 == 0:
             with torch.no_grad():

@@ -259,7 +259,7 @@ def train(cfg: TrainConfig) -> Path:
         carried, rest, step = None, None, 0
         for batch in bar:
             start, rest = batch_start(model, cfg, batch["mixture"].shape[0], step, carried, rest)
-            loss, sdr, carried = compute_loss(model, batch, cfg, start, bf16=cfg.optim.precision == "bfloat16")
+            loss, sdr, carried = compute_loss(model, batch, cfg, start, bf16=cfg.optim.bf16)
             step += 1
             optimise(model, opt, loss, cfg.optim.grad_clip)
             sched.step()

@@ -56,3 +56,23 @@ def test_phase_sensitive_mask_is_the_least_squares_real_mask():
            for k in ("real [0,1]", "real [0,1], phase-sensitive")}
     assert err["real [0,1], phase-sensitive"] < 0.9 * err["real [0,1]"]
     assert np.sum((out["real [0,1], phase-sensitive"][sl] - early[sl]) ** 2) < np.sum((out["real [0,1]"][sl] - early[sl]) ** 2)
+
+
+def test_longer_prediction_filters_fit_the_late_part_no_worse():
+    # The least-squares filter over taps 0..k-1 is one candidate of the fit over 0..K-1 (K > k, the
+    # extra taps zero), so per bin the longer filter's residual cannot be larger: what --lp-taps compares.
+    from training.model import ModelConfig, dft_matrices
+    from training.oracle import _lp_estimate, oracle_masks, stft
+
+    rng = np.random.default_rng(1)
+    early = rng.standard_normal(16000)
+    rir = np.exp(-np.arange(8000) / 1600.0) * rng.standard_normal(8000)
+    rir[:800] = 0  # late part only: starts 50 ms after the direct sound
+    mix = early + np.convolve(early, rir)[: early.size] * 0.3
+    cfg = ModelConfig()
+    out = oracle_masks(mix, early, cfg, lp_taps=(2, 6))
+    assert {"LP 2 taps", "LP 6 taps"} <= set(out) and "LP 10 taps" not in out
+    fwd = dft_matrices(cfg.win)[0].numpy().astype(np.float64)
+    x, e = stft(mix, fwd, cfg.win, cfg.hop), stft(early, fwd, cfg.win, cfg.hop)
+    err = {k: np.sum(np.abs(x - _lp_estimate(x, e, 3, k) - e) ** 2) for k in (2, 6)}
+    assert err[6] < err[2] < np.sum(np.abs(x - e) ** 2)

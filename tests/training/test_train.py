@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -169,6 +170,14 @@ def _far_from_pass_through(mask: str) -> MaskLSTM:
     return model
 
 
+def _with_gate(model: MaskLSTM) -> MaskLSTM:
+    """``model`` grown by a music gate (its head as initialised: music probability ~0, so the same output),
+    in eval mode."""
+    gated = MaskLSTM(dataclasses.replace(model.cfg, music_gate=True)).eval()
+    init_weights(gated, model.state_dict())
+    return gated
+
+
 @pytest.mark.parametrize("mask", ["complex", "magnitude"])
 def test_a_mask_exponent_below_one_suppresses_less(mask):
     model = _far_from_pass_through(mask)
@@ -198,8 +207,7 @@ def test_music_gate_open_is_the_model_and_shut_is_pass_through(mask):
     from training.model import GATE_OPEN, GATE_SHUT
 
     base = _far_from_pass_through(mask)  # so pass-through differs from the model's own mask
-    grown = MaskLSTM(ModelConfig(hidden=32, mask=mask, music_gate=True)).eval()
-    init_weights(grown, base.state_dict())
+    grown = _with_gate(base)
     x = torch.randn(1, 256 * 20) * 0.1
     lat = grown.cfg.step_latency
     with torch.no_grad():
@@ -308,8 +316,7 @@ def test_bfloat16_runs_the_network_and_keeps_the_dsp_in_float32():
         # The network did run in bf16: close to the float32 output, not equal to it.
         assert not torch.equal(y16, y32)
         assert float(si_sdr_db(y16[:, lat:], y32[:, lat:])) > 25.0
-        gated = MaskLSTM(ModelConfig(hidden=32, mask="complex", music_gate=True)).eval()
-        init_weights(gated, m.state_dict())
+        gated = _with_gate(m)
         gated.music_gate.bias.fill_(20.0)  # surely music: pass-through, whatever the bf16 mask says
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y = gated.enhance(x)
@@ -329,7 +336,9 @@ def test_bfloat16_training_step_reaches_every_weight():
     losses = {}
     for precision in ("float32", "bfloat16"):
         model.zero_grad()
-        loss, _, carried = compute_loss(model, batch, cfg, bf16=precision == "bfloat16")
+        over = load_config(ROOT / "training/configs/default.toml", {"model.hidden": 32, "optim.precision": precision})
+        assert over.optim.bf16 == (precision == "bfloat16")
+        loss, _, carried = compute_loss(model, batch, cfg, bf16=over.optim.bf16)
         loss.backward()
         assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
                    for p in model.parameters())
