@@ -44,10 +44,10 @@ class OptimConfig:
     # Wall-clock budget: training stops cleanly after the epoch that crosses it.
     max_minutes: float = 120.0
     threads: int = 2
-    # "float32", or "bfloat16": the network (not the DFTs, the mask's product or the loss) runs under
-    # CPU autocast. On this machine's AMX CPU the network's forward and backward take 0.56 of the
-    # float32 time and a whole epoch 0.80 (docs/model.md, "Training of the shipped model"). Validation and
-    # export stay float32.
+    # "float32", or "bfloat16": the input projection, LSTM and mask layer (not the DFTs, the mask's
+    # product, the music gate's head or the loss) run under CPU autocast. On this machine's AMX CPU the
+    # network's forward and backward take 0.56 of the float32 time and a whole epoch 0.80
+    # (docs/model.md, "Training of the shipped model"). Validation and export stay float32.
     precision: str = "float32"
     # Start each batch from the LSTM state of the previous one (see training.train); off reproduces
     # the shipped model's zero-state training.

@@ -327,8 +327,9 @@ class MaskLSTM(nn.Module):
             (audio_out [B, n * hop] delayed by ``win - hop`` samples, then each state's new value in
             the same order).
         """
-        # Under a caller's bfloat16 autocast (training, optim.precision) only the network runs in bf16:
-        # with its 8-bit mantissa the DFT, the mask's product and the overlap-add would each add
+        # Under a caller's bfloat16 autocast (training, optim.precision) only the layers between these two
+        # float32 blocks (input projection, LSTM, mask, and a variant's prediction or sub-band layers) run
+        # in bf16: with its 8-bit mantissa the DFT, the mask's product and the overlap-add would each add
         # error near -50 dB, about the 30-50 dB SNR the loss asks of near-clean examples.
         with _float32():
             analysis, ola, lstm_h, lstm_c = states[:4]

@@ -13,8 +13,9 @@ exactly at the checkpoint's quality.
 Each run: seed 0, batch 16 of fresh 4 s training examples (seed 7), Adam (lr 1e-3 unless --lr), one
 thread, float32 (``--precision bfloat16``: the network in bf16, as ``optim.precision`` does); the loss
 is ``training.train.compute_loss`` with a 30 dB ceiling (plus the compressed-spectrum terms for the
-``-spectral`` variants), from the zero state; every 100 steps it prints the mean SI-SDR
-gain against the early-50 target on 64 validation examples with RT60 >= 0.4 s (from the zero state). Weak evidence by design: a few minutes per variant.
+``-spectral`` variants), from the zero state; every 100 steps it prints the mean SI-SDR gain against
+the early-50 target on 64 validation examples with RT60 >= 0.4 s (from the zero state). Weak evidence
+by design: a few minutes per variant.
 
     python -m training.quick_compare --cost
 

@@ -38,6 +38,7 @@ def test_dry_music_passes_through(default_model):
     y = dereverb_array(x, sr, model=default_model)
     # Shipped model: 53.0 dB from its input; the three-stage weights of sessions 9-11: 44.2 dB. (The gate
     # passes the brass through, and the engine adds back what the DC blocker removed where it does; what
-    # is left is mostly the first frames, before the gate is sure.) Without that bypass: 37.0 dB (the blocker's phase error). Stage 2 without the
-    # gate: 15.8 dB, the brass chord cut unevenly by up to 2.4 dB per octave.
+    # is left is mostly the first frames, before the gate is sure.) Without that bypass: 37.0 dB (the
+    # blocker's phase error). Stage 2 without the gate: 15.8 dB, the brass chord cut unevenly by up to
+    # 2.4 dB per octave.
     assert si_sdr(y, x) > 40.0

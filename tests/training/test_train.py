@@ -336,9 +336,9 @@ def test_bfloat16_training_step_reaches_every_weight():
     losses = {}
     for precision in ("float32", "bfloat16"):
         model.zero_grad()
-        over = load_config(ROOT / "training/configs/default.toml", {"model.hidden": 32, "optim.precision": precision})
-        assert over.optim.bf16 == (precision == "bfloat16")
-        loss, _, carried = compute_loss(model, batch, cfg, bf16=over.optim.bf16)
+        optim = dataclasses.replace(cfg.optim, precision=precision)
+        assert optim.bf16 == (precision == "bfloat16")
+        loss, _, carried = compute_loss(model, batch, cfg, bf16=optim.bf16)
         loss.backward()
         assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
                    for p in model.parameters())
