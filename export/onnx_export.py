@@ -166,9 +166,11 @@ def describe_data(summary: dict) -> dict:
 REST_STATE_SECONDS = 300.0
 
 
-def known_limits(cfg: ModelConfig, metrics: dict | None) -> list[str]:
-    """The card's ``known_limits``: what the recipe implies, and every target of the training issue the
-    embedded evaluation (``metrics["summary"]``, from training.evaluate) did not meet, with its number."""
+def known_limits(cfg: ModelConfig, metrics: dict | None, noise_floor: dict | None = None) -> list[str]:
+    """The card's ``known_limits``: what the recipe implies, what the model was measured to do on a
+    noise floor (``noise_floor``: the card's ``noise_floor_pass_share``), and every target of the
+    training issue the embedded evaluation (``metrics["summary"]``, from training.evaluate) did not
+    meet, with its number."""
     limits = [
         "Trained on synthetic speech (Debian TTS voices) and simulated rooms (pyroomacoustics); real voices "
         "and real rooms are not in the training data.",
@@ -183,6 +185,12 @@ def known_limits(cfg: ModelConfig, metrics: dict | None) -> list[str]:
         if cfg.music_start_open and cfg.music_hold_seconds > 0:
             limits.append(f"A stream passes its input through until {cfg.music_clear_frames} frames in a row are "
                           f"surely speech: speech waits {cfg.music_clear_frames - 1} hops after silence or music.")
+    shares = [r["end_share"] for r in (noise_floor or {}).values()]
+    if shares and max(shares) > 0.05:
+        limits.append(f"A noise floor before the first sound (a live microphone idling, a recording's lead-in) is "
+                      f"partly passed through, not suppressed: after 20 s of white, pink or brown noise at -80 or "
+                      f"-60 dBFS from the rest state, {min(shares):.0%} to {max(shares):.0%} of it "
+                      f"(noise_floor_pass_share).")
     if metrics and "summary" in metrics:
         from training.evaluate import check_targets
 
@@ -330,6 +338,14 @@ def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, metr
         for state_name, value in rest_overrides(model.cfg).items():  # as MaskLSTM.rest_state
             rest[state_name] = np.full_like(rest[state_name], value)
         card["rest_state"] = {k: v.tolist() for k, v in rest.items()}
+        if model.cfg.music_gate:
+            # What the gate does on a noise floor before any sound, from that same rest state: a live
+            # microphone idling meets it (docs/model.md, "A head with a hidden layer").
+            from training.gate_report import noise_floor
+
+            start = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in rest.items()}
+            card["noise_floor_pass_share"] = noise_floor(model, start=start)
+            card["known_limits"] = known_limits(model.cfg, metrics, card["noise_floor_pass_share"])
         attach_card(tmp, card)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a shipped model is world-readable
         os.replace(tmp, out)

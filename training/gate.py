@@ -2,11 +2,12 @@
 
     python -m training.gate --config training/configs/music_gate.toml
 
-Everything but the gate's head (``music_gate.*``: one linear layer on the LSTM output) is frozen at the
-checkpoint ``optim.init_from``, and the head learns, frame by frame, whether the input is music, by
-binary cross-entropy against the example's kind (speech or music, ``data.music_share`` of each). So the
-model's mask is unchanged wherever the head says speech, and the head cannot trade speech quality for
-anything: it only decides where the mask is used (see ``MaskLSTM.forward``).
+Everything but the gate's head (``music_gate.*``, ``music_gate_in.*``: one linear layer on the LSTM
+output, or two with ``model.music_gate_hidden``) is frozen at the checkpoint ``optim.init_from``, and
+the head learns, frame by frame, whether the input is music, by binary cross-entropy against the
+example's kind (speech or music, ``data.music_share`` of each). So the model's mask is unchanged
+wherever the head says speech, and the head cannot trade speech quality for anything: it only decides
+where the mask is used (see ``MaskLSTM.forward``).
 
 Why a classifier and not the dereverberation loss: on music, the early-50 target asks the model to
 remove the room from a sustained note, which a mask learned on speech cannot tell from a reverberant
@@ -38,7 +39,7 @@ from training.config import TrainConfig, config_from_cli
 from training.model import RECURRENT, MaskLSTM, count_parameters, init_weights
 from training.train import batch_start, optimise, save_atomic
 
-HEAD = "music_gate."
+HEAD = ("music_gate.", "music_gate_in.")  # the head's layers (one, or two with model.music_gate_hidden)
 
 
 def lead_frames(batch: dict, frames: int, hop: int) -> torch.Tensor:

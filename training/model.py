@@ -53,7 +53,7 @@ STATE_NAMES: tuple[str, ...] = ("analysis", "ola", "lstm_h", "lstm_c")
 RECURRENT: tuple[str, ...] = ("lstm_h", "lstm_c", "band_h", "band_c", "time_h", "time_c")
 # Layers a model may add to a checkpoint it is initialised from (``init_weights``): each one's output
 # layer starts at zero, so the grown model starts exactly at the checkpoint's quality.
-GROWN_LAYERS: tuple[str, ...] = ("lp.", "time_", "music_gate.")
+GROWN_LAYERS: tuple[str, ...] = ("lp.", "time_", "music_gate.", "music_gate_in.")
 # Music gate (ModelConfig.music_gate): below GATE_OPEN music probability the mask is the model's own,
 # above GATE_SHUT it is exactly 1 (pass-through), linear in between.
 GATE_OPEN, GATE_SHUT = 0.1, 0.9
@@ -123,6 +123,12 @@ class ModelConfig:
     # as a classifier on the frozen model (training.gate); at init its probability is ~0, so the grown
     # model is exactly the checkpoint it starts from. See MaskLSTM.forward.
     music_gate: bool = False
+    # Hidden units of the gate's head (0: the head is one linear layer). With H > 0 the head is
+    # Linear(hidden, H), tanh, Linear(H, 1) (layers "music_gate_in" and "music_gate"). Why: trained to
+    # call a noise floor before any sound "neither kind", a linear head also let reverberant tails that
+    # fade into the same floor through (docs/model.md, "A head that knows a noise floor"); telling the two
+    # apart needs what the LSTM remembers of recent sound, which a linear read-out mixes with the level.
+    music_gate_hidden: int = 0
     # With the music gate: once a frame is passed through as music, the pass-through share is held and
     # released with this time constant (s; state "music_hold"; 0: no hold). Why: a pause or a decaying
     # note between notes looks like neither music nor speech, and processing near-clean music for even
@@ -257,7 +263,9 @@ class MaskLSTM(nn.Module):
             self.time_dec = nn.Linear(n, cfg.win, bias=False)
             nn.init.zeros_(self.time_dec.weight)
         if cfg.music_gate:
-            self.music_gate = nn.Linear(cfg.hidden, 1)
+            if cfg.music_gate_hidden:
+                self.music_gate_in = nn.Linear(cfg.hidden, cfg.music_gate_hidden)
+            self.music_gate = nn.Linear(cfg.music_gate_hidden or cfg.hidden, 1)
             nn.init.zeros_(self.music_gate.weight)
             nn.init.constant_(self.music_gate.bias, -20.0)  # sigmoid(-20) ~ 2e-9: the gate is open
         self.last_music_logit: Tensor | None = None  # [B, n] of the last forward (training.gate reads it)
@@ -380,7 +388,8 @@ class MaskLSTM(nn.Module):
                 extra = extra + (past,)
             passed, held = None, ()
             if self.cfg.music_gate:
-                logit = self.music_gate(hidden)[..., 0]  # [B, n]
+                feat = torch.tanh(self.music_gate_in(hidden)) if self.cfg.music_gate_hidden else hidden
+                logit = self.music_gate(feat)[..., 0]  # [B, n]
                 self.last_music_logit = logit
                 # Digital silence is no evidence of either kind, yet the head reads it as speech. The hold
                 # neither clears nor releases there, so silence leaves the rest state where it is.
@@ -630,7 +639,8 @@ def macs_per_hop(cfg: ModelConfig) -> int:
     predict = 4 * cfg.lp_taps * f  # the complex products of the prediction
     n, ht = cfg.time_basis, cfg.time_hidden
     time = (2 * cfg.win * n + 4 * ht * (n + ht) + ht * n) if n else 0
-    time += h + 2 * f if cfg.music_gate else 0  # the gate's head and its blend
+    g = cfg.music_gate_hidden
+    time += (g * (h + 1) if g else h) + 2 * f if cfg.music_gate else 0  # the gate's head and its blend
     if not cfg.band_width:
         return dft + proj + lstm + h * n_out + h * n_out * cfg.lp_taps + predict + time
     w, hs = cfg.band_width, cfg.band_hidden

@@ -17,9 +17,9 @@ from training.model import MaskLSTM, ModelConfig  # noqa: E402
                         {"band_width": 8, "band_hidden": 16, "lp_taps": 4}, {"lp_taps": 3},
                         {"time_basis": 32, "time_hidden": 16}, {"music_gate": True},
                         {"music_gate": True, "music_clear_frames": 3, "music_start_open": True},
-                        {"mask_exponent": 0.75}],
+                        {"music_gate": True, "music_gate_hidden": 8}, {"mask_exponent": 0.75}],
                 ids=["plain", "ema", "subband", "subband-lp", "fullband-lp", "two-stage", "music-gate",
-                     "music-gate-open", "mask-exponent"])
+                     "music-gate-open", "music-gate-hidden", "mask-exponent"])
 def exported(tmp_path_factory, request):
     torch.manual_seed(1)
     model = MaskLSTM(ModelConfig(hidden=48, **request.param)).eval()
@@ -32,6 +32,8 @@ def exported(tmp_path_factory, request):
         if model.cfg.music_gate:  # frames on both sides of the gate's clip points
             model.music_gate.weight.normal_(0, 2.0)
             model.music_gate.bias.zero_()
+            if model.cfg.music_gate_hidden:
+                model.music_gate_in.weight.normal_(0, 0.5)
     d = tmp_path_factory.mktemp("exp")
     torch.save({"model_config": model.cfg.to_dict(), "model": model.state_dict()}, d / "m.pt")
     card = export_checkpoint(d / "m.pt", d / "m.onnx")
@@ -163,3 +165,24 @@ def test_shipped_card_lists_every_unmet_target_as_a_known_limit(default_model):
     listed = [s for s in card["known_limits"] if s.startswith("Target not met")]
     assert len(listed) == len(missed) and all(f"{r['value']:+.3f}" in s for r, s in zip(missed, listed))
     assert any("passed through" in s for s in card["known_limits"])  # the shipped model has a music gate
+
+
+def test_a_noise_floor_passed_through_is_a_known_limit_with_its_measured_share(exported):
+    from export.onnx_export import known_limits
+
+    model, _, card = exported
+    cfg = ModelConfig()
+    assert not any("noise floor" in s for s in known_limits(cfg, None, None))
+    suppressed = {"white -60 dBFS": {"mean_share": 0.01, "end_share": 0.0}}
+    assert not any("noise floor" in s for s in known_limits(cfg, None, suppressed))
+    passed = {"white -80 dBFS": {"mean_share": 0.5, "end_share": 0.49}, "brown -60 dBFS": {"mean_share": 0.3,
+                                                                                        "end_share": 0.31}}
+    assert any("noise floor" in s and "31% to 49%" in s for s in known_limits(cfg, None, passed))
+    # Every gated export measures it on its own graph's rest state; an ungated one has no such share.
+    if model.cfg.music_gate:
+        shares = card["noise_floor_pass_share"]
+        assert len(shares) == 6 and all(0.0 <= r["end_share"] <= 1.0 for r in shares.values())
+        on_card = any("noise floor" in s for s in card["known_limits"])
+        assert on_card == (max(r["end_share"] for r in shares.values()) > 0.05)
+    else:
+        assert "noise_floor_pass_share" not in card

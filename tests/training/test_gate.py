@@ -39,6 +39,31 @@ def test_a_shut_gate_passes_music_through_and_an_open_one_does_not():
     assert blend(model, _batches())["music_mean_db"] < -3.0
 
 
+def test_music_after_a_lead_is_scored_from_the_leads_end():
+    torch.manual_seed(0)
+    model = MaskLSTM(ModelConfig(hidden=16, music_gate=True)).eval()
+    with torch.no_grad():
+        model.mask.weight.normal_(0, 0.5)
+        model.mask.bias.normal_(0, 1.0)
+    plain = blend(model, _batches())
+    assert plain["music_from_lead_end_mean_db"] == pytest.approx(plain["music_mean_db"], abs=1e-4)  # no lead
+    led = _batches()
+    for b in led:  # 30 hops in which only noise sounds: the target is silent there
+        b["lead"] = torch.tensor([256 * 30] * 4)
+        b["early"] = b["early"].clone()
+        b["early"][:, : 256 * 30] = 0.0
+        b["mixture"] = b["mixture"].clone()
+        b["mixture"][:, : 256 * 30] *= 0.3
+    with torch.no_grad():
+        model.music_gate.bias.fill_(20.0)  # pass-through: the music after the lead comes back unchanged
+    shut = blend(model, led)
+    # Counted from the lead's end, aligned by the step's latency, pass-through gains exactly nothing.
+    assert abs(shut["music_from_lead_end_mean_db"]) < 0.01 and abs(shut["music_from_lead_end_worst_db"]) < 0.01
+    with torch.no_grad():
+        model.music_gate.bias.fill_(-20.0)  # the model's own damaging mask
+    assert blend(model, led)["music_from_lead_end_mean_db"] < -3.0
+
+
 def test_a_leads_frames_are_labelled_neither_speech_nor_music():
     batch = {"is_music": torch.tensor([0.0, 1.0, 1.0]), "lead": torch.tensor([0, 256 * 3 + 255, 256 * 2])}
     labels = frame_labels(batch, 6, 256, lead_label=0.5)

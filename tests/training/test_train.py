@@ -170,10 +170,10 @@ def _far_from_pass_through(mask: str) -> MaskLSTM:
     return model
 
 
-def _with_gate(model: MaskLSTM) -> MaskLSTM:
-    """``model`` grown by a music gate (its head as initialised: music probability ~0, so the same output),
-    in eval mode."""
-    gated = MaskLSTM(dataclasses.replace(model.cfg, music_gate=True)).eval()
+def _with_gate(model: MaskLSTM, hidden: int = 0) -> MaskLSTM:
+    """``model`` grown by a music gate with ``hidden`` units in its head (as initialised: music probability
+    ~0, so the same output), in eval mode."""
+    gated = MaskLSTM(dataclasses.replace(model.cfg, music_gate=True, music_gate_hidden=hidden)).eval()
     init_weights(gated, model.state_dict())
     return gated
 
@@ -202,12 +202,12 @@ def test_a_mask_exponent_below_one_suppresses_less(mask):
         MaskLSTM(ModelConfig(mask_exponent=0.0))
 
 
-@pytest.mark.parametrize("mask", ["complex", "magnitude"])
-def test_music_gate_open_is_the_model_and_shut_is_pass_through(mask):
+@pytest.mark.parametrize("mask,hidden", [("complex", 0), ("magnitude", 0), ("complex", 8)])
+def test_music_gate_open_is_the_model_and_shut_is_pass_through(mask, hidden):
     from training.model import GATE_OPEN, GATE_SHUT
 
     base = _far_from_pass_through(mask)  # so pass-through differs from the model's own mask
-    grown = _with_gate(base)
+    grown = _with_gate(base, hidden)
     x = torch.randn(1, 256 * 20) * 0.1
     lat = grown.cfg.step_latency
     with torch.no_grad():
@@ -225,6 +225,32 @@ def test_music_gate_open_is_the_model_and_shut_is_pass_through(mask):
         passed = torch.cat([torch.zeros(1, lat), x[:, :-lat]], 1)
         assert torch.allclose(grown.enhance(x)[0, 512:], (keep * y_model + (1 - keep) * passed)[0, 512:], atol=1e-5)
     assert grown.last_music_logit is not None and grown.last_music_logit.shape == (1, 20)
+
+
+def test_the_gate_trains_every_layer_of_its_head_and_nothing_else():
+    from training.gate import HEAD
+
+    base = MaskLSTM(ModelConfig(hidden=16, input_proj=8, layers=1))
+    for hidden in (0, 8):
+        gated = _with_gate(base, hidden)
+        added = set(dict(gated.named_parameters())) - set(dict(base.named_parameters()))
+        assert {n for n, _ in gated.named_parameters() if n.startswith(HEAD)} == added
+        assert len(added) == (4 if hidden else 2)
+        # The output layer starts at zero, so only it has a gradient at first; once it moves, so does the
+        # hidden layer's (a head whose hidden layer stayed at its random start would be a linear head).
+        x = torch.randn(2, 256 * 12) * 0.1
+        gated.train()
+        gated(x, *gated.initial_state(2).values())
+        gated.last_music_logit.sum().backward()
+        assert float(gated.music_gate.weight.grad.abs().sum()) > 0
+        if hidden:
+            assert float(gated.music_gate_in.weight.grad.abs().sum()) == 0
+            with torch.no_grad():
+                gated.music_gate.weight.normal_()
+            gated.zero_grad()
+            gated(x, *gated.initial_state(2).values())
+            gated.last_music_logit.sum().backward()
+            assert float(gated.music_gate_in.weight.grad.abs().sum()) > 0
 
 
 @pytest.mark.parametrize("k", [1, 3])
