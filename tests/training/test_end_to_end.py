@@ -86,13 +86,15 @@ init_from = "{ckpt}"
     _py("-m", "training.train", "--config", str(stage2_config), cwd=ROOT)
     ckpt = tmp_path / "stage2" / "best.pt"
 
-    # The music gate on the trained model: only its head trains, the rest stays the checkpoint's.
+    # The music gate on the trained model, its head with a hidden layer as shipped: only the head
+    # trains, the rest stays the checkpoint's.
     gate_config = tmp_path / "gate.toml"
     gate_config.write_text(f"""
 base = "{config}"
 out_dir = "{tmp_path / 'gate'}"
 [model]
 music_gate = true
+music_gate_hidden = 4
 [data]
 music_share = 0.5
 [optim]
@@ -107,6 +109,7 @@ init_from = "{ckpt}"
     base = torch.load(ckpt, weights_only=True)["model"]
     assert all(torch.equal(gated["model"][k], v) for k, v in base.items())
     assert not torch.equal(gated["model"]["music_gate.weight"], torch.zeros_like(gated["model"]["music_gate.weight"]))
+    assert gated["model"]["music_gate_in.weight"].shape[0] == 4
     gate_onnx = tmp_path / "gate.onnx"
     _py("-m", "export", str(tmp_path / "gate" / "best.pt"), "--out", str(gate_onnx), cwd=ROOT)
     gm = StepModel.load(gate_onnx)
