@@ -167,10 +167,9 @@ def test_shipped_card_lists_every_unmet_target_as_a_known_limit(default_model):
     assert any("passed through" in s for s in card["known_limits"])  # the shipped model has a music gate
 
 
-def test_a_noise_floor_passed_through_is_a_known_limit_with_its_measured_share(exported):
+def test_a_noise_floor_passed_through_is_a_known_limit_with_its_measured_share():
     from export.onnx_export import known_limits
 
-    model, _, card = exported
     cfg = ModelConfig()
     assert not any("noise floor" in s for s in known_limits(cfg, None, None))
     suppressed = {"white -60 dBFS": {"mean_share": 0.01, "end_share": 0.0}}
@@ -178,6 +177,10 @@ def test_a_noise_floor_passed_through_is_a_known_limit_with_its_measured_share(e
     passed = {"white -80 dBFS": {"mean_share": 0.5, "end_share": 0.49}, "brown -60 dBFS": {"mean_share": 0.3,
                                                                                         "end_share": 0.31}}
     assert any("noise floor" in s and "31% to 49%" in s for s in known_limits(cfg, None, passed))
+
+
+def test_every_gated_export_measures_its_noise_floor_share(exported):
+    model, _, card = exported
     # Every gated export measures it on its own graph's rest state; an ungated one has no such share.
     if model.cfg.music_gate:
         shares = card["noise_floor_pass_share"]
