@@ -39,9 +39,14 @@ class OptimConfig:
     batch_size: int = 16
     lr: float = 1e-3
     lr_final: float = 1e-4
+    # Length of the learning-rate schedule (lr decays exponentially to lr_final over these epochs).
     epochs: int = 20
+    # Stop after this many epochs (0: all of ``epochs``); the schedule still spans ``epochs``. A
+    # budget in epochs gives the same weights on a slower machine, only later, where a budget in
+    # minutes stops a slower machine earlier in its schedule (docs/model.md, "A second seed").
+    run_epochs: int = 0
     grad_clip: float = 5.0
-    # Wall-clock budget: training stops cleanly after the epoch that crosses it.
+    # Wall-clock guard: training stops cleanly after the epoch that crosses it.
     max_minutes: float = 120.0
     threads: int = 2
     # "float32", or "bfloat16": the input projection, LSTM and mask layer (not the DFTs, the mask's
@@ -67,6 +72,13 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.precision not in ("float32", "bfloat16"):
             raise ValueError(f"optim.precision is float32 or bfloat16, got {self.precision!r}")
+        if not 0 <= self.run_epochs <= self.epochs:
+            raise ValueError(f"optim.run_epochs is 0 (all) or 1 to epochs = {self.epochs}, got {self.run_epochs}")
+
+    @property
+    def stop_epoch(self) -> int:
+        """Number of epochs this run trains (``run_epochs``, or all of ``epochs`` when it is 0)."""
+        return self.run_epochs or self.epochs
 
     @property
     def bf16(self) -> bool:

@@ -131,7 +131,7 @@ def train_gate(cfg: TrainConfig) -> Path:
     print(f"model: {count_parameters(model):,} parameters, {sum(p.numel() for p in head)} trained (the gate's head); "
           f"{steps} steps/epoch", file=sys.stderr)
     best, history, t0 = math.inf, [], time.monotonic()
-    for epoch in range(cfg.optim.epochs):
+    for epoch in range(cfg.optim.stop_epoch):
         train_ds.set_epoch(epoch)
         carried, rest, running = None, None, []
         for step, batch in enumerate(tqdm(train_loader, desc=f"gate epoch {epoch}", total=steps, file=sys.stderr)):

@@ -250,7 +250,7 @@ def train(cfg: TrainConfig) -> Path:
         print(f"resumed from {last} at epoch {start_epoch}", file=sys.stderr)
     print(f"model: {count_parameters(model):,} parameters; {steps_per_epoch} steps/epoch", file=sys.stderr)
     t_start = time.monotonic() - elapsed
-    for epoch in range(start_epoch, cfg.optim.epochs):
+    for epoch in range(start_epoch, cfg.optim.stop_epoch):
         train_ds.set_epoch(epoch)
         model.train()
         bar = tqdm(train_loader, desc=f"epoch {epoch}", total=steps_per_epoch, file=sys.stderr,

@@ -54,6 +54,20 @@ threads = 2
     assert ckpt.exists() and (run / "last.pt").exists()
     # Resuming a finished run is a no-op that still succeeds.
     _py("-m", "training.train", "--config", str(config), cwd=ROOT)
+    # A budget in epochs: stopped after one epoch of the two-epoch schedule, then continued to the
+    # second, the run ends with exactly the weights of the straight run (same schedule, same data).
+    import torch
+
+    split = tmp_path / "split"
+    for stop in (1, 2):
+        _py("-m", "training.train", "--config", str(config), "--set", f'out_dir="{split}"',
+            "--set", f"optim.run_epochs={stop}", cwd=ROOT)
+        last_split = torch.load(split / "last.pt", weights_only=True)
+        assert last_split["epoch"] == stop - 1
+    last_whole = torch.load(run / "last.pt", weights_only=True)
+    assert last_split["model"].keys() == last_whole["model"].keys()
+    assert all(torch.equal(last_split["model"][k], v) for k, v in last_whole["model"].items())
+    assert last_split["scheduler"]["_last_lr"] == last_whole["scheduler"]["_last_lr"]
     # The overfit diagnostic: a few steps on 4 fixed examples must raise the gain on those examples.
     out = _py("-m", "training.fit_check", str(ckpt), "--config", str(config), "--overfit", "4", "--steps", "20",
               "--every", "10", "--lr", "1e-2", "--threads", "1", cwd=ROOT)
@@ -103,7 +117,6 @@ lr = 1e-2
 init_from = "{ckpt}"
 """)
     _py("-m", "training.gate", "--config", str(gate_config), cwd=ROOT)
-    import torch
 
     gated = torch.load(tmp_path / "gate" / "best.pt", weights_only=True)
     base = torch.load(ckpt, weights_only=True)["model"]

@@ -377,3 +377,13 @@ def test_bfloat16_training_step_reaches_every_weight():
 def test_an_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision"):
         load_config(ROOT / "training/configs/default.toml", {"optim.precision": "float16"})
+
+
+def test_run_epochs_stops_inside_the_schedule_and_is_bounded_by_it():
+    recipe = load_config(ROOT / "training/configs/one_run_bf16.toml")
+    # The shipped recipe's budget is epochs (33 of a 36-epoch schedule), not minutes.
+    assert (recipe.optim.epochs, recipe.optim.run_epochs, recipe.optim.stop_epoch) == (36, 33, 33)
+    assert load_config(ROOT / "training/configs/default.toml").optim.stop_epoch == 30
+    for bad in (-1, 37):
+        with pytest.raises(ValueError, match="run_epochs"):
+            load_config(ROOT / "training/configs/one_run_bf16.toml", {"optim.run_epochs": bad})
