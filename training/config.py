@@ -43,7 +43,7 @@ class OptimConfig:
     epochs: int = 20
     # Stop after this many epochs (0: all of ``epochs``); the schedule still spans ``epochs``. A
     # budget in epochs gives the same weights on a slower machine, only later, where a budget in
-    # minutes stops a slower machine earlier in its schedule (docs/model.md, "A second seed").
+    # minutes stops a slower machine earlier in its schedule (docs/model.md, "A budget in epochs").
     run_epochs: int = 0
     grad_clip: float = 5.0
     # Wall-clock guard: training stops cleanly after the epoch that crosses it.
