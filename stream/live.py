@@ -763,7 +763,23 @@ def format_summary(s: dict[str, Any]) -> str:
     if s.get("nonfinite_inputs") or s.get("state_resets"):
         lines.append(f"numerics     {s['nonfinite_inputs']} NaN/Inf input samples replaced, "
                      f"{s['state_resets']} model state resets")
+    hint = inline_overrun_hint(s)
+    if hint:
+        lines.append(hint)
     return "\n".join(lines)
+
+
+def inline_overrun_hint(s: dict[str, Any]) -> str:
+    """Advice when an inline run (``--buffer-ms 0``) had xruns and its p99 callback ran past the block's
+    duration, else "". Inline mode runs the model step inside the callback, so a machine whose step time
+    (with its scheduling noise) exceeds the host's period cannot keep the deadline; the worker's FIFO
+    absorbs exactly that (docs/live.md). Measured on a shared nested-virtualisation VM while its host
+    stole CPU time: p99 6-14 ms against a 5.33 ms period (256 frames at 48 kHz); quiet, 2.2-2.8 ms."""
+    if s.get("mode") != "inline" or not s.get("xruns") or s["load"]["p99"] <= 1.0:
+        return ""
+    return (f"hint         inline mode: the p99 callback took {100 * s['load']['p99']:.0f}% of the block, so "
+            f"blocks missed their deadline; the default worker mode (--buffer-ms 20) absorbs that "
+            f"for 20 ms more latency; so does a longer block (--blocksize, or the audio server's period)")
 
 
 def write_stats(path: Path, summary: dict[str, Any]) -> None:

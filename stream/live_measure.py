@@ -315,9 +315,26 @@ def probe_signal(rate: int, seconds: float) -> np.ndarray:
     return np.tile(x, reps)[: int(seconds * rate)].astype(np.float32)
 
 
+def cpu_steal_seconds(stat: str | None = None) -> float:
+    """CPU time the hypervisor gave to other guests while this VM wanted to run, summed over all CPUs,
+    in seconds since boot (Linux /proc/stat "steal"; 0.0 where there is none, e.g. bare metal).
+
+    On a shared VM host, steal comes in bursts: while it lasts every thread here, JACK's included, runs
+    late, so a run's xruns then say nothing about its client. ``stat``: that file's text (for tests)."""
+    try:
+        text = Path("/proc/stat").read_text() if stat is None else stat
+    except OSError:
+        return 0.0
+    fields = text.split("\n", 1)[0].split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if fields[0] == "cpu" and len(fields) > 8 else 0.0
+
+
 @dataclass
 class LiveRun:
-    """One ``dereverb live`` run through JACK: its JSON summary and what the probe saw."""
+    """One ``dereverb live`` run through JACK: its JSON summary and what the probe saw.
+
+    ``steal_fraction``: hypervisor steal (``cpu_steal_seconds``) while the probe played and recorded, as a
+    fraction of that time on all CPUs (0 = none, 1 = the VM got no CPU at all)."""
 
     summary: dict[str, Any]
     recording: np.ndarray
@@ -325,6 +342,7 @@ class LiveRun:
     returncode: int
     stdout: str
     stderr: str
+    steal_fraction: float = 0.0
 
 
 def default_sigint() -> None:
@@ -362,10 +380,12 @@ def run_live_through_jack(jack: JackServer, probe: Probe, args: list[str], stats
         jack.route(outs[0], probe_in)
         time.sleep(settle_s)  # let the engine run on silence first, as a live user would
         probe.done.clear()
+        steal0, t0 = cpu_steal_seconds(), time.monotonic()
         probe.play()
         seconds = probe.recording.shape[0] / jack.rate
         if not probe.done.wait(seconds + 30):
             raise RuntimeError("the probe never finished recording (JACK stalled?)")
+        steal = (cpu_steal_seconds() - steal0) / ((time.monotonic() - t0) * (os.cpu_count() or 1))
         if interrupt:
             proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
@@ -374,7 +394,7 @@ def run_live_through_jack(jack: JackServer, probe: Probe, args: list[str], stats
             proc.kill()
             proc.communicate()
     summary = json.loads(stats.read_text()) if stats.exists() else {}
-    return LiveRun(summary, probe.recording.copy(), probe.xruns, proc.returncode, out, err)
+    return LiveRun(summary, probe.recording.copy(), probe.xruns, proc.returncode, out, err, round(steal, 4))
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -406,7 +426,8 @@ def measure(periods: list[int], seconds: float, rate: int, modes: list[list[str]
                            "reported_latency_ms": s.get("latency_ms"), "xruns": s.get("xruns"),
                            "probe_xruns": run.probe_xruns, "block_ms": s.get("block_ms"), "load": s.get("load"),
                            "duration_s": s.get("duration_s"), "returncode": run.returncode,
-                           "loadavg_1min": round(os.getloadavg()[0], 2)}  # other work on the machine
+                           "loadavg_1min": round(os.getloadavg()[0], 2),  # other work on the machine
+                           "steal_fraction": run.steal_fraction}  # other guests on the VM's host
                     for k in ("fifo_underruns", "resync_frames", "callback_max_ms"):
                         if k in s:
                             row[k] = s[k]
@@ -422,7 +443,7 @@ def print_table(rows: list[dict], rate: int) -> None:
     """Per period and mode: added latency over pass-through (measured / reported), load, xruns summed
     over the rounds against the pass-through runs of the same rounds."""
     print("\nperiod  mode            rounds  added latency measured / reported  load mean / p99 / max"
-          "   xruns (pass-through)   s")
+          "   xruns (pass-through)   s   steal max")
     keys = list(dict.fromkeys((r["period"], r["mode"]) for r in rows))
     for period, mode in keys:
         if mode == "--passthrough":
@@ -438,9 +459,12 @@ def print_table(rows: list[dict], rate: int) -> None:
         xr = sum(r["xruns"] for r in runs)
         bx = sum(base[r["round"]]["xruns"] for r in runs)
         secs = sum(r["duration_s"] for r in runs)
+        # The worst CPU steal of these runs and their pass-through baselines: above a few percent, the
+        # host, not the client, decides the xruns (see cpu_steal_seconds).
+        steal = max(r["steal_fraction"] for r in runs + [base[r["round"]] for r in runs])
         print(f"{period:>6}  {mode:<15} {len(runs):>6}  {added:8.2f} ms / {reported:8.2f} ms"
               f"        {100 * mean:4.1f}% / {100 * p99:5.1f}% / {100 * mx:5.1f}%"
-              f"   {xr:>6} ({bx:>6})       {secs:5.0f}")
+              f"   {xr:>6} ({bx:>6})       {secs:5.0f}   {100 * steal:5.1f}%")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -432,6 +432,24 @@ def test_summary_json_is_complete(tmp_path):
         assert word in text
 
 
+def test_inline_overrun_hint_only_when_inline_blocks_missed_their_deadline():
+    from stream.live import inline_overrun_hint
+
+    def summary(mode: str, xruns: int, p99: float) -> dict:
+        return {"mode": mode, "xruns": xruns, "load": {"mean": 0.2, "p99": p99, "max": 2 * p99}}
+
+    hint = inline_overrun_hint(summary("inline", 12, 1.8))
+    assert "180%" in hint and "--buffer-ms 20" in hint
+    assert hint in format_summary({**summary("inline", 12, 1.8), "duration_s": 5.0, "samplerate": 48000,
+                                   "input_overflows": 12, "output_underflows": 0, "blocksize": 256,
+                                   "block_ms": {"p50": 0.4, "p99": 9.6, "max": 19.0},
+                                   "latency_ms": {"total": 39.0, "device": 5.3, "algorithmic": 33.6,
+                                                  "buffering": 0.0}})
+    assert inline_overrun_hint(summary("inline", 0, 1.8)) == ""  # over the deadline, but nothing was lost
+    assert inline_overrun_hint(summary("inline", 12, 0.6)) == ""  # xruns the callback did not cause
+    assert inline_overrun_hint(summary("worker", 12, 1.8)) == ""  # the FIFO already absorbs a late step
+
+
 def test_controls_keys():
     c = Controls(mix=1.0)
     assert c.key("b") and c.effective_mix == 0.0
@@ -446,8 +464,22 @@ def test_controls_keys():
 
 # ------------------------------------------------------------------------------------ through real JACK
 RATE, PERIOD = 48000, 256
+# Inline mode (--buffer-ms 0) runs the model step inside the callback, so it keeps its deadline only
+# where the step's worst case, with the machine's scheduling noise, fits one period. On a shared
+# nested-virtualisation VM (session 16, docs/live.md "On a shared VM host") its p99 callback at 256
+# frames (5.33 ms) was 2.2-2.8 ms in quiet minutes but 6-14 ms while the host stole CPU time. Even a
+# steal of 2.5-3 %, below STEAL_MAX, made a thread waking every 5.33 ms late by 2.4-2.8 ms at p99, which
+# is all the headroom inline has at 256 frames. That is the machine's speed, which the benchmark
+# (stream.live_measure) reports. At 1024 frames (21.3 ms), where each callback also runs one or two
+# model steps, the same VM had 1 xrun in 32 s (pass-through 0), so inline is tested there; the
+# default worker at 256.
+INLINE_PERIOD = 1024
 # A live run must match file mode for this long before its first mismatch (see file_mode_problems).
 MIN_CLEAN_S = 1.0
+# Above this share of CPU time stolen by the hypervisor during the pass-through run
+# (stream.live_measure.cpu_steal_seconds), xruns are the host's, not the client's: the attempt is retried,
+# not judged.
+STEAL_MAX = 0.05
 
 
 def live_cmd(*args: str) -> list[str]:
@@ -458,36 +490,77 @@ def env_for(jack) -> dict[str, str]:
     return {**jack.env, "PYTHONPATH": str(ROOT)}
 
 
-@pytest.fixture(scope="module")
-def jack():
-    from stream.live_measure import JackServer, JackUnavailable
+class JackRig:
+    """At most one test JACK server at a time, at the period a test asks for, and this process's
+    PortAudio (the probe's) bound to it.
 
-    # A server named after this process, so the tests never talk to a JACK server a developer (or a
-    # concurrent test run) already runs.
-    server = JackServer(RATE, PERIOD, name=f"dereverb-test-{os.getpid()}")
-    try:
-        server.start()
-    except JackUnavailable as exc:
-        pytest.skip(f"no JACK server could be started: {exc}")
-    yield server
-    server.stop()
-    # The probe fixture terminated PortAudio while the server ran (pa_jack asserts otherwise); bring it back
-    # for any later in-process user, now without JACK.
+    A server named after this process, so the tests never talk to a JACK server a developer (or a
+    concurrent test run) already runs. Asking for another period stops the running server first: PortAudio
+    in one process sees one server, and pa_jack must be terminated while its server still runs.
+    """
+
+    def __init__(self) -> None:
+        self.server = None
+        self._portaudio = None  # the portaudio_for_jack context while it is open
+        self.sd = None
+        self.unavailable: str | None = None  # why no server could start, once known
+
+    def server_at(self, period: int):
+        from stream.live_measure import JackServer, JackUnavailable
+
+        if self.unavailable is not None:
+            pytest.skip(f"no JACK server could be started: {self.unavailable}")
+        if self.server is not None and self.server.period == period:
+            return self.server
+        self.close()
+        server = JackServer(RATE, period, name=f"dereverb-test-{os.getpid()}-{period}")
+        try:
+            server.start()
+        except JackUnavailable as exc:
+            self.unavailable = str(exc)
+            pytest.skip(f"no JACK server could be started: {exc}")
+        self.server = server
+        return server
+
+    def portaudio_at(self, period: int):
+        from stream.live_measure import JackUnavailable, portaudio_for_jack
+
+        server = self.server_at(period)
+        if self._portaudio is None:
+            ctx = portaudio_for_jack(server)
+            try:
+                self.sd = ctx.__enter__()
+            except JackUnavailable as exc:
+                pytest.skip(str(exc))
+            self._portaudio = ctx
+        return self.sd
+
+    def close(self) -> None:
+        if self._portaudio is not None:
+            self._portaudio.__exit__(None, None, None)
+            self._portaudio = self.sd = None
+        if self.server is not None:
+            self.server.__exit__(None, None, None)
+            self.server = None
+
+
+@pytest.fixture(scope="module")
+def jack_rig():
+    rig = JackRig()
+    yield rig
+    rig.close()
+    # PortAudio was terminated while a server ran (pa_jack asserts otherwise); bring it back for any later
+    # in-process user, now without JACK.
     sd = sys.modules.get("sounddevice")
     if sd is not None and not sd._initialized:
         with _quiet_stderr():
             sd._initialize()
 
 
-@pytest.fixture(scope="module")
-def probe_sd(jack):
-    from stream.live_measure import JackUnavailable, portaudio_for_jack
-
-    try:
-        with portaudio_for_jack(jack) as sd:
-            yield sd
-    except JackUnavailable as exc:
-        pytest.skip(str(exc))
+@pytest.fixture
+def jack(jack_rig):
+    """The test JACK server at PERIOD frames."""
+    return jack_rig.server_at(PERIOD)
 
 
 def mismatch_clusters(bad: np.ndarray, gap: int) -> int:
@@ -496,9 +569,9 @@ def mismatch_clusters(bad: np.ndarray, gap: int) -> int:
     return 0 if idx.size == 0 else 1 + int(np.sum(np.diff(idx) > gap))
 
 
-def file_mode_problems(name: str, errs: np.ndarray, events: int) -> list:
+def file_mode_problems(name: str, errs: np.ndarray, events: int, period: int = PERIOD) -> list:
     """What is wrong with a live run's per-window errors against file mode (``window_errors``, one window
-    per period), given the xruns it saw (``events``: the stream's and the probe's).
+    per period of ``period`` frames), given the xruns it saw (``events``: the stream's and the probe's).
 
     An xrun loses or repeats a period of the stream's input. The model's state then takes a moment to
     converge, and the STFT's framing phase moves by a period for the rest of the run, so every later
@@ -510,13 +583,13 @@ def file_mode_problems(name: str, errs: np.ndarray, events: int) -> list:
     caller retries.
     """
     bad = np.nan_to_num(errs, nan=0.0) > 0.02
-    clusters = mismatch_clusters(bad, gap=RATE // PERIOD)
+    clusters = mismatch_clusters(bad, gap=RATE // period)
     first = int(np.argmax(bad)) if bad.any() else len(bad)
     scored = int(np.count_nonzero(~np.isnan(errs[:first])))
     problems = []
-    if first * PERIOD < MIN_CLEAN_S * RATE or scored < first // 2:
+    if first * period < MIN_CLEAN_S * RATE or scored < first // 2:
         problems.append((name, "matches file mode for less than MIN_CLEAN_S before its first mismatch",
-                         first * PERIOD / RATE, scored, events))
+                         first * period / RATE, scored, events))
     if clusters > events:
         problems.append((name, "differs from file mode beyond the xruns", clusters, events))
     return problems
@@ -541,74 +614,128 @@ def test_file_mode_problems_judges_the_error_pattern():
     assert file_mode_problems("x", np.full(5 * w, 0.3), 3)  # never matches
     silent = np.full(5 * w, np.nan)
     assert file_mode_problems("x", silent, 0)  # nothing to compare is not a match
+    # The same pattern in 1024-frame windows: a quarter as many windows per second.
+    w4 = RATE // INLINE_PERIOD
+    early4 = np.full(5 * w4, 0.005)
+    early4[w4 // 2 :] = 0.1
+    assert file_mode_problems("x", early4, 1, INLINE_PERIOD)[0][1].startswith("matches file mode for less")
+    late4 = np.full(5 * w4, 0.005)
+    late4[3 * w4 :] = 0.1
+    assert file_mode_problems("x", late4, 1, INLINE_PERIOD) == []
 
 
-def check_summary(s: dict) -> None:
+def test_cpu_steal_seconds_reads_the_steal_column():
+    from stream.live_measure import cpu_steal_seconds
+
+    hz = os.sysconf("SC_CLK_TCK")
+    assert cpu_steal_seconds(f"cpu  100 0 50 1000 7 0 3 {2 * hz} 0 0\ncpu0 1 2 3\n") == pytest.approx(2.0)
+    assert cpu_steal_seconds("cpu  100 0 50 1000\n") == 0.0  # a kernel without the column
+    a = cpu_steal_seconds()
+    assert 0.0 <= a <= cpu_steal_seconds()
+
+
+def test_live_measure_table_sums_rounds_against_pass_through(capsys):
+    from stream.live_measure import print_table
+
+    def row(mode: str, rnd: int, lag: int, xruns: int, steal: float, total_ms: float) -> dict:
+        return {"period": 256, "round": rnd, "mode": mode, "measured_lag_frames": lag, "xruns": xruns,
+                "duration_s": 10.0, "steal_fraction": steal, "reported_latency_ms": {"total": total_ms},
+                "load": {"mean": 0.1, "p99": 0.3, "max": 0.5}}
+
+    rows = [row("--passthrough", 0, 256, 2, 0.01, 5.333), row("default", 0, 2831, 5, 0.02, 58.98),
+            row("--passthrough", 1, 256, 1, 0.12, 5.333), row("default", 1, 2831, 4, 0.03, 58.98)]
+    print_table(rows, 48000)
+    line = capsys.readouterr().out.strip().splitlines()[-1].split()
+    # added latency 2575 frames = 53.65 ms; xruns 9 (pass-through 3) in 20 s; worst steal 12 % (a baseline's)
+    assert line[:3] == ["256", "default", "2"] and line[3] == "53.65" and line[13:16] == ["9", "(", "3)"]
+    assert line[-2:] == ["20", "12.0%"]
+
+
+def check_summary(s: dict, period: int = PERIOD) -> None:
     assert REQUIRED_KEYS <= s.keys(), s
     assert set(s["block_ms"]) == {"p50", "p99", "max"} and set(s["latency_ms"]) == {"total", "device",
                                                                                   "algorithmic", "buffering"}
-    assert s["samplerate"] == RATE and s["blocksize"] == PERIOD and s["duration_s"] > 0
+    assert s["samplerate"] == RATE and s["blocksize"] == period and s["duration_s"] > 0
     assert s["xruns"] >= 0 and 0 <= s["block_ms"]["p50"] <= s["block_ms"]["p99"] <= s["block_ms"]["max"]
 
 
-def test_live_through_jack(jack, probe_sd, tmp_path):
+# How each processing mode is run through JACK: its arguments and the server period it is judged at.
+LIVE_MODES = {
+    "worker": ([], PERIOD),  # the default: worker thread behind 20 ms
+    "inline": (["--buffer-ms", "0"], INLINE_PERIOD),  # see INLINE_PERIOD
+}
+
+
+@pytest.mark.parametrize("mode", LIVE_MODES)
+def test_live_through_jack(jack_rig, tmp_path, mode):
     """Probe -> dereverb live -> probe: the processed signal arrives, its lag is the reported latency,
-    the summary is complete, and xruns stay near a pass-through run's.
+    the summary is complete, and xruns stay near a pass-through run's on the same server.
 
     What depends on the machine's scheduling (xrun counts, and with them how long the output matches
     file mode) gets up to two more attempts with fresh runs if load bursts spoil the first; everything
     else is asserted on every attempt.
     """
-    _run_probe_test(jack, probe_sd, tmp_path, match_file_mode=False)
+    _run_probe_test(jack_rig, tmp_path, mode, match_file_mode=False)
 
 
-def test_live_through_jack_matches_file_mode(jack, probe_sd, tmp_path):
+@pytest.mark.parametrize("mode", LIVE_MODES)
+def test_live_through_jack_matches_file_mode(jack_rig, tmp_path, mode):
     """After alignment, live output equals file mode's on the same input, apart from xrun stretches."""
-    _run_probe_test(jack, probe_sd, tmp_path, match_file_mode=True)
+    _run_probe_test(jack_rig, tmp_path, mode, match_file_mode=True)
 
 
-def _run_probe_test(jack, probe_sd, tmp_path, match_file_mode: bool) -> None:
+def _run_probe_test(rig: JackRig, tmp_path: Path, mode: str, match_file_mode: bool) -> None:
     from stream.engine import dereverb_array
     from stream.live_measure import Probe, probe_signal
 
+    args, period = LIVE_MODES[mode]
+    server, sd = rig.server_at(period), rig.portaudio_at(period)
     x = probe_signal(RATE, 5.0)
     expected = dereverb_array(x, RATE)  # file mode on the same input, time-aligned
-    with Probe(probe_sd, RATE, x, tail=RATE // 4) as probe:
-        starved = []
+    with Probe(sd, RATE, x, tail=RATE // 4) as probe:
+        judged, starved = [], []
         for attempt in (1, 2, 3):
-            problems = _live_runs_through_jack(jack, probe, x, expected, tmp_path / f"a{attempt}", match_file_mode)
+            problems, steal = _live_runs_through_jack(server, probe, x, expected, tmp_path / f"a{attempt}", mode,
+                                                      args, match_file_mode)
             if not problems:
-                break
-            starved.append(any(p[0] == "pass" for p in problems))
-        if problems and all(starved):
-            # Even plain pass-through, which does no work, lost periods early in every attempt: the
-            # machine could not run a 5 ms audio cycle at all (seen with two busy processes on both
-            # cores), so nothing here can tell a fault in dereverb from the load.
-            pytest.skip(f"machine starved: pass-through itself failed in all attempts: {problems}")
-        assert not problems, problems
+                return
+            # A starved attempt says nothing about dereverb: plain pass-through, which does no work,
+            # failed too (seen with two busy processes on both cores), or the hypervisor kept this VM's
+            # CPUs from running for a noticeable share of the pass-through run (steal of 10-15 % seen on
+            # a shared host, when pass-through had up to 5.6 xruns/s). The baseline's steal is what
+            # judges the host: the processing run's own includes the waits of its extra wake-ups.
+            seen = (f"steal: pass-through {100 * steal['pass']:.1f}%, {mode} {100 * steal[mode]:.1f}%", problems)
+            if any(p[0] == "pass" for p in problems) or steal["pass"] > STEAL_MAX:
+                starved.append(seen)
+            else:
+                judged.append(seen)
+        if not judged:
+            pytest.skip(f"machine starved in all attempts (pass-through failed, or CPU steal over "
+                        f"{100 * STEAL_MAX:.0f}% during it): {starved}")
+        assert not judged, judged
 
 
-def _live_runs_through_jack(jack, probe, x: np.ndarray, expected: np.ndarray, tmp: Path,
-                            match_file_mode: bool = True) -> list:
-    """One pass-through, one inline and one worker (the default) run; asserts what is deterministic and
-    returns the scheduling-dependent problems found."""
+def _live_runs_through_jack(jack, probe, x: np.ndarray, expected: np.ndarray, tmp: Path, mode: str,
+                            args: list[str], match_file_mode: bool = True) -> tuple[list, dict[str, float]]:
+    """One pass-through run and one run of ``mode`` (``args``) on the same server; asserts what is
+    deterministic and returns the scheduling-dependent problems found, and each run's CPU steal fraction
+    (``LiveRun.steal_fraction``) by name."""
     from stream.live_measure import file_mode_reference, find_lag, run_live_through_jack, window_errors
 
+    period = jack.period
     tmp.mkdir()
     runs = {
-        # Pass-through ends by --duration (covers routing + 1 s settle + 5.25 s recording); the others by
+        # Pass-through ends by --duration (covers routing + 1 s settle + 5.25 s recording); the other by
         # Ctrl-C (SIGINT) as soon as the probe is done, with --duration only as a safety net.
         "pass": run_live_through_jack(jack, probe, ["--passthrough", "--duration", "10"], tmp / "p.json"),
-        "inline": run_live_through_jack(jack, probe, ["--duration", "90", "--buffer-ms", "0"], tmp / "i.json",
-                                        interrupt=True),
-        "worker": run_live_through_jack(jack, probe, ["--duration", "90"], tmp / "w.json", interrupt=True),  # default
+        mode: run_live_through_jack(jack, probe, ["--duration", "90", *args], tmp / "m.json", interrupt=True),
     }
     problems = []
     lags = {}
     for name, run in runs.items():
         assert run.returncode == 0, (name, run.stderr)
         assert "Traceback" not in run.stderr and "latency" in run.stdout
-        check_summary(run.summary)
+        check_summary(run.summary, period)
         ref = x if name == "pass" else expected
         lag, corr = find_lag(run.recording, ref, RATE // 4)
         lags[name] = lag
@@ -616,31 +743,29 @@ def _live_runs_through_jack(jack, probe, x: np.ndarray, expected: np.ndarray, tm
         reported = round(s["latency_ms"]["total"] * RATE / 1000)
         # The processed signal arrives, at the reported total latency (within one period).
         assert corr > 0.5, (name, corr, s["xruns"])
-        assert abs(lag - reported) <= PERIOD, (name, lag, reported, s["latency_ms"])
+        assert abs(lag - reported) <= period, (name, lag, reported, s["latency_ms"])
         # After alignment it is file mode's output on the same input (the silence the live stream heard
         # first, then the probe at whatever sample phase it arrived), apart from stretches around xruns
         # (an xrun loses or repeats a period, and the model's state then takes a moment to converge).
         if match_file_mode and name != "pass":
             ref, _ = file_mode_reference(run.recording[lag:], x, RATE)
         if match_file_mode:
-            errs = window_errors(run.recording[lag:], ref, PERIOD)
-            problems += file_mode_problems(name, errs, s["xruns"] + run.probe_xruns)
+            errs = window_errors(run.recording[lag:], ref, period)
+            problems += file_mode_problems(name, errs, s["xruns"] + run.probe_xruns, period)
     # The latency dereverb adds over pass-through is exactly its algorithmic + buffering latency.
-    for name in ("inline", "worker"):
-        s = runs[name].summary
-        added = round((s["latency_ms"]["algorithmic"] + s["latency_ms"]["buffering"]) * RATE / 1000)
-        assert abs((lags[name] - lags["pass"]) - added) <= PERIOD, (name, lags, added)
-    assert runs["worker"].summary["latency_ms"]["buffering"] == pytest.approx(20.0)
-    assert runs["worker"].summary["mode"] == "worker" and runs["inline"].summary["mode"] == "inline"
+    s = runs[mode].summary
+    added = round((s["latency_ms"]["algorithmic"] + s["latency_ms"]["buffering"]) * RATE / 1000)
+    assert abs((lags[mode] - lags["pass"]) - added) <= period, (mode, lags, added)
+    assert s["mode"] == mode
+    if mode == "worker":
+        assert s["latency_ms"]["buffering"] == pytest.approx(20.0)
     # xruns against the pass-through baseline, per second (the VM stalls callbacks now and then).
     base = runs["pass"].summary
     base_rate = base["xruns"] / base["duration_s"]
-    for name in ("inline", "worker"):
-        s = runs[name].summary
-        if s["xruns"] / s["duration_s"] > 2 * base_rate + 1.0:
-            problems.append((name, "xruns", s["xruns"], s["duration_s"], "pass-through", base["xruns"],
-                             base["duration_s"]))
-    return problems
+    if s["xruns"] / s["duration_s"] > 2 * base_rate + 1.0:
+        problems.append((mode, "xruns", s["xruns"], s["duration_s"], "pass-through", base["xruns"],
+                         base["duration_s"], "block ms", s["block_ms"]))
+    return problems, {name: run.steal_fraction for name, run in runs.items()}
 
 
 @pytest.mark.parametrize("args, needle", [
