@@ -3,6 +3,7 @@
     python -m training.oracle [--corpus DIR] [--rooms DIR] [--split val] [--count 96] [--seed 1]
     python -m training.oracle --eval-set --seed 0     # the evaluation's own reverberant test examples
     python -m training.oracle --eval-set --seed 0 --framings   # real-mask ceilings for other STFT framings
+    python -m training.oracle --eval-set --seed 0 --early-weight 0   # masks ideal for the direct path
 
 For each example the ideal mask of each family is computed from the target (early-50 ms) and
 applied to the mixture; the table gives mean SI-SDR against the early-50 target and the direct path
@@ -158,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-set", action="store_true",
                     help="use the reverberant speech examples of `python -m training.evaluate` (test split, "
                          "its --count and --seed), where the targets are measured, instead of --split")
+    ap.add_argument("--early-weight", type=float, default=1.0, metavar="W",
+                    help="compute the ideal masks from direct + W * (early-50 - direct): 1 = the early-50 "
+                         "target (default), 0 = the direct path (what a model trained with loss.target = "
+                         "'direct' could reach at best); both scores are printed either way")
     ap.add_argument("--lp-taps", type=int, nargs="+", default=list(LP_TAPS), metavar="N",
                     help="linear-prediction filter lengths in hops (default: %(default)s); the model's "
                          "prediction head (ModelConfig.lp_taps) has 4")
@@ -170,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     for rt60, mix, early, direct in _examples(args):
         sl = slice(edge, len(mix) - edge)
         rows.append((rt60, "input", si_sdr(mix[sl], early[sl]), si_sdr(mix[sl], direct[sl])))
-        for name, y in oracle_masks(mix, early, cfg, tuple(args.lp_taps)).items():
+        reference = direct + args.early_weight * (early - direct)
+        for name, y in oracle_masks(mix, reference, cfg, tuple(args.lp_taps)).items():
             rows.append((rt60, name, si_sdr(y[sl], early[sl]), si_sdr(y[sl], direct[sl])))
         # The target itself: its SI-SDR against the direct path is the most that any system that
         # delivers exactly the early-50 target can score there.
@@ -179,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     names = list(dict.fromkeys(r[1] for r in rows))
     where = "evaluation-set reverberant" if args.eval_set else args.split
     n_ex = sum(r[1] == "input" for r in rows)
-    print(f"ideal masks on {n_ex} {where} examples (seed {args.seed}); SI-SDR dB vs early-50 / vs direct")
+    ideal = {1.0: "the early-50 target", 0.0: "the direct path"}.get(
+        args.early_weight, f"direct + {args.early_weight:g} x (early-50 - direct)")
+    print(f"ideal masks (from {ideal}) on {n_ex} {where} examples (seed {args.seed}); "
+          "SI-SDR dB vs early-50 / vs direct")
     print("| RT60 bin | n | " + " | ".join(names) + " |")
     print("|---|---|" + "---|" * len(names))
     for lo, hi in BINS:

@@ -76,3 +76,29 @@ def test_longer_prediction_filters_fit_the_late_part_no_worse():
     x, e = stft(mix, fwd, cfg.win, cfg.hop), stft(early, fwd, cfg.win, cfg.hop)
     err = {k: np.sum(np.abs(x - _lp_estimate(x, e, 3, k) - e) ** 2) for k in (2, 6)}
     assert err[6] < err[2] < np.sum(np.abs(x - e) ** 2)
+
+
+def test_early_weight_chooses_the_reference_the_ideal_masks_are_computed_from(monkeypatch, capsys):
+    # --early-weight 1 computes the ideal masks from the early-50 target, 0 from the direct path: the
+    # unbounded-enough complex mask then reproduces that reference almost exactly, and not the other.
+    import training.oracle as oracle
+
+    rng = np.random.default_rng(2)
+    direct = rng.standard_normal(24000)
+    early = direct + 0.8 * np.convolve(direct, np.r_[np.zeros(300), 0.9, np.zeros(200), -0.7])[: direct.size]
+    mix = early + 0.5 * np.convolve(early, np.exp(-np.arange(6000) / 1500.0) * rng.standard_normal(6000))[: direct.size]
+    monkeypatch.setattr(oracle, "_examples", lambda args: iter([(0.6, mix, early, direct)]))
+
+    def complex4(weight: str) -> tuple[float, float]:
+        assert oracle.main(["--early-weight", weight, "--lp-taps", "1"]) == 0
+        out = capsys.readouterr().out
+        header = next(line for line in out.splitlines() if line.startswith("| RT60 bin"))
+        row = next(line for line in out.splitlines() if line.startswith("| 0.4-0.8 s"))
+        # Cells are split on " | ": the family's own name holds bars ("complex |m|<=4").
+        col = header.split(" | ").index("complex |m|<=4")
+        vs_early, vs_direct = row.split(" | ")[col].split(" / ")
+        return float(vs_early), float(vs_direct)
+
+    early_ideal, direct_ideal = complex4("1"), complex4("0")
+    assert early_ideal[0] > 25 and early_ideal[1] < 15  # exact early-50, which is not the direct path
+    assert direct_ideal[1] > 25 and direct_ideal[0] < 15
