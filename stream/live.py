@@ -53,6 +53,9 @@ WORKER_SWITCH_INTERVAL_S = 0.0005
 FIFO_SECONDS = 1.0  # worker FIFO capacity: the most a stalled worker can fall behind before input is dropped
 STALL_SECONDS = 2.0  # no callback for this long while the stream claims to run = the device is gone
 STATUS_PERIOD_S = 0.25  # status line refresh
+# The summary names CPU steal from this share up: runs in quiet stretches of a shared VM measured
+# 0.0-1.6 % (most under 0.3 %), busy stretches of its host 7-36 % (docs/live.md, "On a shared VM host").
+STEAL_NOTE = 0.02
 
 
 # ------------------------------------------------------------------------------------------- buffers
@@ -544,6 +547,7 @@ def run_live(sd: ModuleType, config: LiveConfig, model: StepModel | None, setup:
         stream.close(ignore_errors=True)
         raise AudioDeviceError(f"cannot start the audio stream: {str(exc).split(' [PaErrorCode')[0]}") from None
     t_start = time.perf_counter()
+    steal_start = cpu_steal_seconds()
     proc.last_callback = t_start
     try:
         with raw_keys(keys_from) as read_key:
@@ -551,6 +555,7 @@ def run_live(sd: ModuleType, config: LiveConfig, model: StepModel | None, setup:
     except KeyboardInterrupt:
         pass  # Ctrl-C is the normal way to stop: fall through to the summary
     elapsed = time.perf_counter() - t_start
+    steal = (cpu_steal_seconds() - steal_start) / (max(elapsed, 1e-9) * (os.cpu_count() or 1))
     if not device_lost:
         # After the device vanished PortAudio's stop/close can block forever (seen with JACK): skip them.
         stream.stop()
@@ -560,7 +565,7 @@ def run_live(sd: ModuleType, config: LiveConfig, model: StepModel | None, setup:
         status.clear()
     device_in, device_out = stream.latency if not device_lost else _latency_or_zero(stream)
     summary = make_summary(proc, elapsed, rate, config.blocksize, device_in + device_out, algorithmic,
-                           setup, config)
+                           setup, config, steal)
     return LiveResult(summary, device_lost)
 
 
@@ -701,9 +706,26 @@ def xrun_count(c: Counters) -> int:
     return c.host_xruns + c.fifo_underruns + c.input_drops
 
 
+def cpu_steal_seconds(stat: str | None = None) -> float:
+    """CPU time the hypervisor gave to other guests while this VM wanted to run, summed over all CPUs,
+    in seconds since boot (Linux /proc/stat "steal"; 0.0 where there is none, e.g. bare metal).
+
+    On a shared VM host, steal comes in bursts: while it lasts every thread here, JACK's included, runs
+    late, so a run's xruns then say nothing about its client. ``stat``: that file's text (for tests)."""
+    try:
+        text = Path("/proc/stat").read_text() if stat is None else stat
+    except OSError:
+        return 0.0
+    fields = text.split("\n", 1)[0].split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if fields[0] == "cpu" and len(fields) > 8 else 0.0
+
+
 def make_summary(proc: _Processor, elapsed: float, rate: int, blocksize: int, device_s: float, algorithmic: int,
-                 setup: _Setup, config: LiveConfig) -> dict[str, Any]:
-    """The ``--stats`` JSON: required keys first, then details (all times in ms, rates in Hz)."""
+                 setup: _Setup, config: LiveConfig, steal_fraction: float = 0.0) -> dict[str, Any]:
+    """The ``--stats`` JSON: required keys first, then details (all times in ms, rates in Hz).
+
+    ``steal_fraction``: the share of the machine's CPU time the hypervisor withheld during the run
+    (``cpu_steal_seconds``; 0 on bare metal)."""
     c = proc.counters
     device_ms = 1000 * device_s
     algo_ms = 1000 * algorithmic / rate
@@ -731,6 +753,7 @@ def make_summary(proc: _Processor, elapsed: float, rate: int, blocksize: int, de
         "input_device": setup.in_dev.label(),
         "output_device": setup.out_dev.label(),
         "mode": "passthrough" if config.passthrough else ("worker" if isinstance(proc, WorkerProcessor) else "inline"),
+        "cpu_steal": round(steal_fraction, 4),
     }
     engine = getattr(proc, "engine", None)
     if engine is not None:
@@ -763,6 +786,9 @@ def format_summary(s: dict[str, Any]) -> str:
     if s.get("nonfinite_inputs") or s.get("state_resets"):
         lines.append(f"numerics     {s['nonfinite_inputs']} NaN/Inf input samples replaced, "
                      f"{s['state_resets']} model state resets")
+    if s.get("cpu_steal", 0.0) >= STEAL_NOTE:
+        lines.append(f"host         the VM's host withheld {100 * s['cpu_steal']:.1f}% of the CPU time (steal): "
+                     f"xruns may be the host's; compare with a --passthrough run")
     hint = inline_overrun_hint(s)
     if hint:
         lines.append(hint)

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from stream.devices import JACK_CLIENT_NAME, import_sounddevice, set_jack_client_name
+from stream.live import cpu_steal_seconds
 
 PROBE_CLIENT_NAME = b"dereverb-probe"  # constant: PortAudio keeps the pointer (see devices.JACK_CLIENT_NAME)
 LIVE_CLIENT = JACK_CLIENT_NAME.decode()
@@ -313,20 +314,6 @@ def probe_signal(rate: int, seconds: float) -> np.ndarray:
         x = rs.step(x[None, :], rs.initial_state(1))[0][0]
     reps = int(np.ceil(seconds * rate / x.shape[0]))
     return np.tile(x, reps)[: int(seconds * rate)].astype(np.float32)
-
-
-def cpu_steal_seconds(stat: str | None = None) -> float:
-    """CPU time the hypervisor gave to other guests while this VM wanted to run, summed over all CPUs,
-    in seconds since boot (Linux /proc/stat "steal"; 0.0 where there is none, e.g. bare metal).
-
-    On a shared VM host, steal comes in bursts: while it lasts every thread here, JACK's included, runs
-    late, so a run's xruns then say nothing about its client. ``stat``: that file's text (for tests)."""
-    try:
-        text = Path("/proc/stat").read_text() if stat is None else stat
-    except OSError:
-        return 0.0
-    fields = text.split("\n", 1)[0].split()
-    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if fields[0] == "cpu" and len(fields) > 8 else 0.0
 
 
 @dataclass

@@ -430,6 +430,9 @@ def test_summary_json_is_complete(tmp_path):
     text = format_summary(s)
     for word in ("duration", "xruns", "input overflows", "p50", "p99", "max", "device", "algorithmic", "buffering"):
         assert word in text
+    assert s["cpu_steal"] == 0.0 and "steal" not in text
+    busy_host = make_summary(proc, 1.5, 48000, 0, 0.0107, 1615, setup, LiveConfig(), steal_fraction=0.1234)
+    assert busy_host["cpu_steal"] == 0.1234 and "withheld 12.3% of the CPU time (steal)" in format_summary(busy_host)
 
 
 def test_inline_overrun_hint_only_when_inline_blocks_missed_their_deadline():
@@ -477,7 +480,7 @@ INLINE_PERIOD = 1024
 # A live run must match file mode for this long before its first mismatch (see file_mode_problems).
 MIN_CLEAN_S = 1.0
 # Above this share of CPU time stolen by the hypervisor during the pass-through run
-# (stream.live_measure.cpu_steal_seconds), xruns are the host's, not the client's: the attempt is retried,
+# (stream.live.cpu_steal_seconds), xruns are the host's, not the client's: the attempt is retried,
 # not judged.
 STEAL_MAX = 0.05
 
@@ -625,7 +628,7 @@ def test_file_mode_problems_judges_the_error_pattern():
 
 
 def test_cpu_steal_seconds_reads_the_steal_column():
-    from stream.live_measure import cpu_steal_seconds
+    from stream.live import cpu_steal_seconds
 
     hz = os.sysconf("SC_CLK_TCK")
     assert cpu_steal_seconds(f"cpu  100 0 50 1000 7 0 3 {2 * hz} 0 0\ncpu0 1 2 3\n") == pytest.approx(2.0)
@@ -657,6 +660,7 @@ def check_summary(s: dict, period: int = PERIOD) -> None:
                                                                                   "algorithmic", "buffering"}
     assert s["samplerate"] == RATE and s["blocksize"] == period and s["duration_s"] > 0
     assert s["xruns"] >= 0 and 0 <= s["block_ms"]["p50"] <= s["block_ms"]["p99"] <= s["block_ms"]["max"]
+    assert 0.0 <= s["cpu_steal"] <= 1.0
 
 
 # How each processing mode is run through JACK: its arguments and the server period it is judged at.
