@@ -194,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     for lo, hi in BINS:
         sel = [r for r in rows if lo <= r[0] < hi]
         n = sum(1 for r in sel if r[1] == "input")
+        if n == 0:  # no example in this bin: nothing to average
+            print(f"| {lo}-{hi if hi < 99 else ''} s | 0 | " + " | ".join("-" for _ in names) + " |")
+            continue
         cells = []
         for name in names:
             e = np.mean([r[2] for r in sel if r[1] == name])
