@@ -555,7 +555,7 @@ def run_live(sd: ModuleType, config: LiveConfig, model: StepModel | None, setup:
     except KeyboardInterrupt:
         pass  # Ctrl-C is the normal way to stop: fall through to the summary
     elapsed = time.perf_counter() - t_start
-    steal = (cpu_steal_seconds() - steal_start) / (max(elapsed, 1e-9) * (os.cpu_count() or 1))
+    steal = steal_share(steal_start, elapsed)
     if not device_lost:
         # After the device vanished PortAudio's stop/close can block forever (seen with JACK): skip them.
         stream.stop()
@@ -718,6 +718,12 @@ def cpu_steal_seconds(stat: str | None = None) -> float:
         return 0.0
     fields = text.split("\n", 1)[0].split()
     return int(fields[8]) / os.sysconf("SC_CLK_TCK") if fields[0] == "cpu" and len(fields) > 8 else 0.0
+
+
+def steal_share(steal_start_s: float, elapsed_s: float) -> float:
+    """Share of the machine's CPU time (all CPUs) the hypervisor withheld since ``cpu_steal_seconds()``
+    read ``steal_start_s``, ``elapsed_s`` seconds ago: 0 = none, 1 = the VM got no CPU at all."""
+    return (cpu_steal_seconds() - steal_start_s) / (max(elapsed_s, 1e-9) * (os.cpu_count() or 1))
 
 
 def make_summary(proc: _Processor, elapsed: float, rate: int, blocksize: int, device_s: float, algorithmic: int,

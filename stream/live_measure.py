@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from stream.devices import JACK_CLIENT_NAME, import_sounddevice, set_jack_client_name
-from stream.live import cpu_steal_seconds
+from stream.live import cpu_steal_seconds, steal_share
 
 PROBE_CLIENT_NAME = b"dereverb-probe"  # constant: PortAudio keeps the pointer (see devices.JACK_CLIENT_NAME)
 LIVE_CLIENT = JACK_CLIENT_NAME.decode()
@@ -320,8 +320,7 @@ def probe_signal(rate: int, seconds: float) -> np.ndarray:
 class LiveRun:
     """One ``dereverb live`` run through JACK: its JSON summary and what the probe saw.
 
-    ``steal_fraction``: hypervisor steal (``cpu_steal_seconds``) while the probe played and recorded, as a
-    fraction of that time on all CPUs (0 = none, 1 = the VM got no CPU at all)."""
+    ``steal_fraction``: hypervisor steal while the probe played and recorded (``stream.live.steal_share``)."""
 
     summary: dict[str, Any]
     recording: np.ndarray
@@ -372,7 +371,7 @@ def run_live_through_jack(jack: JackServer, probe: Probe, args: list[str], stats
         seconds = probe.recording.shape[0] / jack.rate
         if not probe.done.wait(seconds + 30):
             raise RuntimeError("the probe never finished recording (JACK stalled?)")
-        steal = (cpu_steal_seconds() - steal0) / ((time.monotonic() - t0) * (os.cpu_count() or 1))
+        steal = steal_share(steal0, time.monotonic() - t0)
         if interrupt:
             proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)

@@ -5,8 +5,8 @@
     python -m training.oracle --eval-set --seed 0 --framings   # real-mask ceilings for other STFT framings
     python -m training.oracle --eval-set --seed 0 --early-weight 0   # masks ideal for the direct path
 
-For each example the ideal mask of each family is computed from the target (early-50 ms) and
-applied to the mixture; the table gives mean SI-SDR against the early-50 target and the direct path
+For each example the ideal mask of each family is computed from the target (early-50 ms, or with
+``--early-weight`` a reference between it and the direct path) and applied to the mixture; the table gives mean SI-SDR against the early-50 target and the direct path
 per RT60 bin. It tells what an architecture could reach at best, before any training.
 
 Families: a real mask in [0, 1] (magnitude masking, mixture phase), as the ideal ratio |E| / |X| and
@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = ModelConfig()
     if args.framings:
+        if args.early_weight != 1.0:
+            ap.error("--framings computes the early-50 target's masks only; drop --early-weight")
         return _framings(args)
     rows: list[tuple[float, str, float, float]] = []
     edge = cfg.win  # skip the first and last window: the ideal masks need whole frames

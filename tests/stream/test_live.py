@@ -598,33 +598,30 @@ def file_mode_problems(name: str, errs: np.ndarray, events: int, period: int = P
     return problems
 
 
-def test_file_mode_problems_judges_the_error_pattern():
-    w = RATE // PERIOD  # windows per second
+@pytest.mark.parametrize("period", [PERIOD, INLINE_PERIOD])  # the worker's and inline's windows
+def test_file_mode_problems_judges_the_error_pattern(period):
+    w = RATE // period  # windows per second
+
+    def problems(errs: np.ndarray, events: int) -> list:
+        return file_mode_problems("x", errs, events, period)
+
     clean = np.full(5 * w, 0.005)
-    assert file_mode_problems("x", clean, 0) == []
+    assert problems(clean, 0) == []
     late = clean.copy()
     late[3 * w :] = 0.1  # an xrun at 3 s moves the framing phase for good: one stretch, explained
-    assert file_mode_problems("x", late, 1) == []
-    assert [p[1] for p in file_mode_problems("x", late, 0)] == ["differs from file mode beyond the xruns"]
+    assert problems(late, 1) == []
+    assert [p[1] for p in problems(late, 0)] == ["differs from file mode beyond the xruns"]
     early = clean.copy()
     early[w // 2 :] = 0.1  # a mismatch after half a second: too little evidence, even with an xrun
-    assert "less than MIN_CLEAN_S" in file_mode_problems("x", early, 1)[0][1]
+    assert "less than MIN_CLEAN_S" in problems(early, 1)[0][1]
     twice = clean.copy()
     twice[2 * w : 2 * w + 3] = 0.1
     twice[4 * w :] = 0.1  # two stretches 2 s apart, one xrun
-    assert [p[1] for p in file_mode_problems("x", twice, 1)] == ["differs from file mode beyond the xruns"]
-    assert file_mode_problems("x", twice, 2) == []
-    assert file_mode_problems("x", np.full(5 * w, 0.3), 3)  # never matches
+    assert [p[1] for p in problems(twice, 1)] == ["differs from file mode beyond the xruns"]
+    assert problems(twice, 2) == []
+    assert problems(np.full(5 * w, 0.3), 3)  # never matches
     silent = np.full(5 * w, np.nan)
-    assert file_mode_problems("x", silent, 0)  # nothing to compare is not a match
-    # The same pattern in 1024-frame windows: a quarter as many windows per second.
-    w4 = RATE // INLINE_PERIOD
-    early4 = np.full(5 * w4, 0.005)
-    early4[w4 // 2 :] = 0.1
-    assert file_mode_problems("x", early4, 1, INLINE_PERIOD)[0][1].startswith("matches file mode for less")
-    late4 = np.full(5 * w4, 0.005)
-    late4[3 * w4 :] = 0.1
-    assert file_mode_problems("x", late4, 1, INLINE_PERIOD) == []
+    assert problems(silent, 0)  # nothing to compare is not a match
 
 
 def test_cpu_steal_seconds_reads_the_steal_column():
@@ -635,6 +632,9 @@ def test_cpu_steal_seconds_reads_the_steal_column():
     assert cpu_steal_seconds("cpu  100 0 50 1000\n") == 0.0  # a kernel without the column
     a = cpu_steal_seconds()
     assert 0.0 <= a <= cpu_steal_seconds()
+    from stream.live import steal_share
+
+    assert 0.0 <= steal_share(a, 1.0) <= 1.0
 
 
 def test_live_measure_table_sums_rounds_against_pass_through(capsys):

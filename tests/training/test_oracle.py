@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from training.oracle import _rls_estimate, _wpe_estimate
 
@@ -102,3 +103,11 @@ def test_early_weight_chooses_the_reference_the_ideal_masks_are_computed_from(mo
     early_ideal, direct_ideal = complex4("1"), complex4("0")
     assert early_ideal[0] > 25 and early_ideal[1] < 15  # exact early-50, which is not the direct path
     assert direct_ideal[1] > 25 and direct_ideal[0] < 15
+
+
+def test_framings_refuse_an_early_weight_they_would_ignore(capsys):
+    import training.oracle as oracle
+
+    with pytest.raises(SystemExit):
+        oracle.main(["--framings", "--early-weight", "0"])
+    assert "--framings computes the early-50 target's masks only" in capsys.readouterr().err
