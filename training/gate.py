@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 
 from training.config import TrainConfig, config_from_cli
-from training.model import RECURRENT, MaskLSTM, count_parameters, init_weights
+from training.model import GATE_HEAD, RECURRENT, MaskLSTM, count_parameters, init_weights
 from training.train import batch_start, optimise, save_atomic
 
-HEAD = ("music_gate.", "music_gate_in.")  # the head's layers (one, or two with model.music_gate_hidden)
+HEAD = GATE_HEAD
 
 
 def lead_frames(batch: dict, frames: int, hop: int) -> torch.Tensor:

@@ -54,6 +54,9 @@ RECURRENT: tuple[str, ...] = ("lstm_h", "lstm_c", "band_h", "band_c", "time_h", 
 # Layers a model may add to a checkpoint it is initialised from (``init_weights``): each one's output
 # layer starts at zero, so the grown model starts exactly at the checkpoint's quality.
 GROWN_LAYERS: tuple[str, ...] = ("lp.", "time_", "music_gate.", "music_gate_in.")
+# The music gate's head (one linear layer, or two with ModelConfig.music_gate_hidden): trained last, by
+# training.gate, on a frozen network.
+GATE_HEAD: tuple[str, ...] = ("music_gate.", "music_gate_in.")
 # Music gate (ModelConfig.music_gate): below GATE_OPEN music probability the mask is the model's own,
 # above GATE_SHUT it is exactly 1 (pass-through), linear in between.
 GATE_OPEN, GATE_SHUT = 0.1, 0.9

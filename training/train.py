@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from training.config import TrainConfig, config_from_cli
-from training.model import RECURRENT, MaskLSTM, count_parameters, init_weights
+from training.model import GATE_HEAD, RECURRENT, MaskLSTM, ModelConfig, count_parameters, init_weights
 
 
 def snr_db(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8,
@@ -83,6 +83,25 @@ def loss_ceiling_db(mix: torch.Tensor, ref: torch.Tensor, cfg: TrainConfig) -> t
     return (snr_db(mix, ref).detach() + lc.snr_cap_margin_db).clamp(lc.snr_max_db, lc.snr_cap_max_db)
 
 
+def continued_weights(weights: dict[str, torch.Tensor], model_cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights for a run that continues it (``optim.init_from``). A gated checkpoint
+    (the shipped .pt) continues as the ungated network it was trained as: its gate's head reads the
+    LSTM output, which the run moves, so the head is dropped and ``training.gate`` trains a new one
+    afterwards (training/configs/continue.toml). A model that has a gate keeps the head it is given."""
+    if model_cfg.music_gate:
+        return weights
+    return {k: v for k, v in weights.items() if not k.startswith(GATE_HEAD)}
+
+
+def loss_reference(batch: dict, cfg: TrainConfig) -> torch.Tensor:
+    """The reference the loss compares the output with, [B, T] at 16 kHz: the batch's ``loss.target``
+    signal, or with target "early" and ``loss.early_weight`` W < 1, direct + W (early - direct).
+    Both references are aligned to the direct path, so the blend is sample-exact."""
+    if cfg.loss.target == "early" and cfg.loss.early_weight != 1.0:
+        return batch["direct"] + cfg.loss.early_weight * (batch["early"] - batch["direct"])
+    return batch[cfg.loss.target]
+
+
 def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig, start: dict[str, torch.Tensor] | None = None,
                  bf16: bool = False):
     """Negative thresholded SNR of the output against the target, plus the compressed-spectrum terms
@@ -97,7 +116,7 @@ def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig, start: dict[str
     Returns (loss, per-example SI-SDR of output vs target, final recurrent states by name).
     """
     mix = batch["mixture"]
-    target = batch[cfg.loss.target]
+    target = loss_reference(batch, cfg)
     lat = model.cfg.step_latency
     st = start if start is not None else model.initial_state(mix.shape[0])
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -193,7 +212,7 @@ def validate(model: MaskLSTM, loader, cfg: TrainConfig) -> dict:
     for batch in loader:
         start = model.rest_state(batch["mixture"].shape[0], cfg.optim.rest_seconds)
         loss, sdr_out, _ = compute_loss(model, batch, cfg, start=start)
-        target = batch[cfg.loss.target]
+        target = loss_reference(batch, cfg)
         sdr_in = si_sdr_db(batch["mixture"][:, : target.shape[1] - lat], target[:, : target.shape[1] - lat])
         gains.append((sdr_out - sdr_in).numpy())
         inputs.append(sdr_in.numpy())
@@ -229,7 +248,7 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.optim.init_from:
         # A grown model (a new prediction head or second stage) starts at the checkpoint's quality.
         init = torch.load(cfg.optim.init_from, map_location="cpu", weights_only=True)
-        init_weights(model, init["model"])
+        init_weights(model, continued_weights(init["model"], cfg.model))
         base_summary = init.get("summary")
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     train_ds, _, train_loader, val_loader = make_loaders(cfg)

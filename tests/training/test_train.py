@@ -11,8 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from training.config import load_config  # noqa: E402
-from training.model import MaskLSTM, ModelConfig, count_parameters, init_weights  # noqa: E402
-from training.train import loss_ceiling_db, si_sdr_db, snr_db  # noqa: E402
+from training.model import GATE_HEAD, MaskLSTM, ModelConfig, count_parameters, init_weights  # noqa: E402
+from training.train import continued_weights, loss_ceiling_db, loss_reference, si_sdr_db, snr_db  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -387,3 +387,37 @@ def test_run_epochs_stops_inside_the_schedule_and_is_bounded_by_it():
     for bad in (-1, 37):
         with pytest.raises(ValueError, match="run_epochs"):
             load_config(ROOT / "training/configs/one_run_bf16.toml", {"optim.run_epochs": bad})
+
+
+def test_loss_reference_blends_direct_and_early_and_refuses_what_it_cannot_mean():
+    gen = torch.Generator().manual_seed(0)
+    batch = {k: torch.randn(2, 800, generator=gen) for k in ("mixture", "early", "direct")}
+    early = load_config(ROOT / "training/configs/default.toml")
+    assert early.loss.early_weight == 1.0 and loss_reference(batch, early) is batch["early"]
+    blend = load_config(ROOT / "training/configs/default.toml", {"loss.early_weight": 0.8})
+    want = 0.2 * batch["direct"] + 0.8 * batch["early"]
+    assert torch.allclose(loss_reference(batch, blend), want, atol=1e-6)
+    direct = load_config(ROOT / "training/configs/default.toml", {"loss.target": "direct"})
+    assert loss_reference(batch, direct) is batch["direct"]
+    assert load_config(ROOT / "training/configs/continue.toml").loss.early_weight == 0.8
+    for bad, match in (({"loss.early_weight": 1.2}, "early_weight"), ({"loss.early_weight": -0.1}, "early_weight"),
+                       ({"loss.target": "direct", "loss.early_weight": 0.5}, "target 'early' only"),
+                       ({"loss.target": "late"}, "loss.target")):
+        with pytest.raises(ValueError, match=match):
+            load_config(ROOT / "training/configs/default.toml", bad)
+
+
+def test_a_gated_checkpoint_continues_as_its_network_without_the_head():
+    torch.manual_seed(0)
+    small = dict(hidden=16, input_proj=8, layers=1)
+    gated = MaskLSTM(ModelConfig(**small, music_gate=True, music_gate_hidden=4))
+    sd = gated.state_dict()
+    plain = MaskLSTM(ModelConfig(**small))
+    with pytest.raises(ValueError, match="unexpected"):
+        init_weights(plain, sd)  # why continued_weights exists
+    weights = continued_weights(sd, plain.cfg)
+    assert not any(k.startswith(GATE_HEAD) for k in weights) and any(k.startswith(GATE_HEAD) for k in sd)
+    init_weights(plain, weights)
+    assert all(torch.equal(v, sd[k]) for k, v in plain.state_dict().items())
+    # A gated model keeps the head it is given (training.gate drops it itself, to train a new one).
+    assert continued_weights(sd, gated.cfg) is sd
