@@ -36,10 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from training.config import TrainConfig, config_from_cli
-from training.model import GATE_HEAD, RECURRENT, MaskLSTM, count_parameters, init_weights
+from training.model import GATE_HEAD, RECURRENT, MaskLSTM, count_parameters, init_weights, without_gate_head
 from training.train import batch_start, optimise, save_atomic
-
-HEAD = GATE_HEAD
 
 
 def lead_frames(batch: dict, frames: int, hop: int) -> torch.Tensor:
@@ -117,10 +115,10 @@ def train_gate(cfg: TrainConfig) -> Path:
     base = torch.load(cfg.optim.init_from, map_location="cpu", weights_only=True)
     # The head always starts from its own initialisation, so a gated checkpoint (the shipped .pt) can be
     # the base: its other weights are the same as the checkpoint it was trained on.
-    init_weights(model, {k: v for k, v in base["model"].items() if not k.startswith(HEAD)})
+    init_weights(model, without_gate_head(base["model"]))
     head = []
     for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith(HEAD))
+        p.requires_grad_(name.startswith(GATE_HEAD))
         if p.requires_grad:
             head.append(p)
     opt = torch.optim.Adam(head, lr=cfg.optim.lr)

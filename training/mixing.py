@@ -112,6 +112,16 @@ def split_rir(rir: np.ndarray, sample_rate: int = 16000, early_ms: float = 50.0,
     return RirParts(d0, direct, early)
 
 
+def reference_between(direct, early, early_weight: float):
+    """The reference direct + ``early_weight`` x (early - direct): 1 is the early-50 ms target, 0 the
+    direct path. Same shape and type as its inputs (numpy arrays or torch tensors, any shape, 16 kHz),
+    which ``split_rir`` aligns to the same direct-path delay, so the blend is sample-exact. Shared by
+    the loss (``loss.early_weight``) and ``training.oracle --early-weight``, so that both mean one W."""
+    if early_weight == 1.0:
+        return early
+    return direct + early_weight * (early - direct)
+
+
 # --------------------------------------------------------------------------- signal helpers
 
 

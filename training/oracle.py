@@ -35,6 +35,7 @@ import numpy as np
 
 from training.dataset import ReverbDataset
 from training.metrics import si_sdr
+from training.mixing import reference_between
 from training.model import ModelConfig, dft_matrices
 
 BINS = ((0.0, 0.4), (0.4, 0.8), (0.8, 99.0))
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     for rt60, mix, early, direct in _examples(args):
         sl = slice(edge, len(mix) - edge)
         rows.append((rt60, "input", si_sdr(mix[sl], early[sl]), si_sdr(mix[sl], direct[sl])))
-        reference = direct + args.early_weight * (early - direct)
+        reference = reference_between(direct, early, args.early_weight)
         for name, y in oracle_masks(mix, reference, cfg, tuple(args.lp_taps)).items():
             rows.append((rt60, name, si_sdr(y[sl], early[sl]), si_sdr(y[sl], direct[sl])))
         # The target itself: its SI-SDR against the direct path is the most that any system that

@@ -23,7 +23,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from training.config import TrainConfig, config_from_cli
-from training.model import GATE_HEAD, RECURRENT, MaskLSTM, ModelConfig, count_parameters, init_weights
+from training.mixing import reference_between
+from training.model import RECURRENT, MaskLSTM, ModelConfig, count_parameters, init_weights, without_gate_head
 
 
 def snr_db(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8,
@@ -90,15 +91,14 @@ def continued_weights(weights: dict[str, torch.Tensor], model_cfg: ModelConfig) 
     afterwards (training/configs/continue.toml). A model that has a gate keeps the head it is given."""
     if model_cfg.music_gate:
         return weights
-    return {k: v for k, v in weights.items() if not k.startswith(GATE_HEAD)}
+    return without_gate_head(weights)
 
 
 def loss_reference(batch: dict, cfg: TrainConfig) -> torch.Tensor:
     """The reference the loss compares the output with, [B, T] at 16 kHz: the batch's ``loss.target``
-    signal, or with target "early" and ``loss.early_weight`` W < 1, direct + W (early - direct).
-    Both references are aligned to the direct path, so the blend is sample-exact."""
-    if cfg.loss.target == "early" and cfg.loss.early_weight != 1.0:
-        return batch["direct"] + cfg.loss.early_weight * (batch["early"] - batch["direct"])
+    signal, or with target "early" and ``loss.early_weight`` W < 1, direct + W (early - direct)."""
+    if cfg.loss.target == "early":
+        return reference_between(batch["direct"], batch["early"], cfg.loss.early_weight)
     return batch[cfg.loss.target]
 
 

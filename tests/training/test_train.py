@@ -228,13 +228,11 @@ def test_music_gate_open_is_the_model_and_shut_is_pass_through(mask, hidden):
 
 
 def test_the_gate_trains_every_layer_of_its_head_and_nothing_else():
-    from training.gate import HEAD
-
     base = MaskLSTM(ModelConfig(hidden=16, input_proj=8, layers=1))
     for hidden in (0, 8):
         gated = _with_gate(base, hidden)
         added = set(dict(gated.named_parameters())) - set(dict(base.named_parameters()))
-        assert {n for n, _ in gated.named_parameters() if n.startswith(HEAD)} == added
+        assert {n for n, _ in gated.named_parameters() if n.startswith(GATE_HEAD)} == added
         assert len(added) == (4 if hidden else 2)
         # The output layer starts at zero, so only it has a gradient at first; once it moves, so does the
         # hidden layer's (a head whose hidden layer stayed at its random start would be a linear head).
