@@ -7,6 +7,12 @@ config's validation set and on ``--count`` fresh training-split examples (seed 9
 figure is far above the validation one, the model overfits; if they are close, it underfits and a
 bigger or different model, not more data, is what helps.
 
+    python -m training.fit_check models/dereverb-lstm-16k.pt --config training/configs/restart.toml --as-run
+
+With ``--as-run`` each checkpoint is scored as the config's own model started from it, the way
+``optim.init_from`` starts a run (``training.train.init_from_checkpoint``: a gated checkpoint continues
+without its gate's head), against the config's loss reference: the figure a run's epochs are compared with.
+
     python -m training.fit_check models/dereverb-lstm-16k.pt --config training/configs/default.toml \
         --overfit 32 --steps 400 [--scratch]
 
@@ -33,7 +39,7 @@ from torch.utils.data import DataLoader
 from training.config import TrainConfig, load_config
 from training.dataset import ReverbDataset
 from training.model import MaskLSTM, load_checkpoint
-from training.train import _collate, batch_start, compute_loss, make_loaders, optimise, validate
+from training.train import _collate, batch_start, compute_loss, init_from_checkpoint, make_loaders, optimise, validate
 
 
 def overfit(model: MaskLSTM, cfg: TrainConfig, val, count: int, steps: int, lr: float, every: int,
@@ -89,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scratch", action="store_true",
                     help="with --overfit: the checkpoint's architecture from random weights (seed 0)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: the config's)")
+    ap.add_argument("--as-run", action="store_true",
+                    help="score each checkpoint as the config's model started from it (optim.init_from)")
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
     torch.set_num_threads(args.threads or cfg.optim.threads)
@@ -107,7 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     train.preload()
     train_loader = DataLoader(train, batch_size=cfg.optim.batch_size, collate_fn=_collate)
     for path in args.checkpoints:
-        model, _ = load_checkpoint(path)
+        if args.as_run:
+            model = MaskLSTM(cfg.model)
+            init_from_checkpoint(model, path)
+            model.eval()
+        else:
+            model, _ = load_checkpoint(path)
         row = {"checkpoint": str(path), "validation": validate(model, val, cfg), "training": validate(model, train_loader, cfg)}
         print(json.dumps(row), flush=True)
     return 0

@@ -51,21 +51,21 @@ from torch import Tensor, nn
 STATE_NAMES: tuple[str, ...] = ("analysis", "ola", "lstm_h", "lstm_c")
 # Recurrent states: [layers, channels, ...], channel axis 1 (the others put channels first).
 RECURRENT: tuple[str, ...] = ("lstm_h", "lstm_c", "band_h", "band_c", "time_h", "time_c")
-# Layers a model may add to a checkpoint it is initialised from (``init_weights``): each one's output
-# layer starts at zero, so the grown model starts exactly at the checkpoint's quality.
-GROWN_LAYERS: tuple[str, ...] = ("lp.", "time_", "music_gate.", "music_gate_in.")
 # The music gate's head (one linear layer, or two with ModelConfig.music_gate_hidden): trained last, by
 # training.gate, on a frozen network.
 GATE_HEAD: tuple[str, ...] = ("music_gate.", "music_gate_in.")
+# Layers a model may add to a checkpoint it is initialised from (``init_weights``): each one's output
+# layer starts at zero, so the grown model starts exactly at the checkpoint's quality.
+GROWN_LAYERS: tuple[str, ...] = ("lp.", "time_") + GATE_HEAD
+# Music gate (ModelConfig.music_gate): below GATE_OPEN music probability the mask is the model's own,
+# above GATE_SHUT it is exactly 1 (pass-through), linear in between.
+GATE_OPEN, GATE_SHUT = 0.1, 0.9
 
 
 def without_gate_head(weights: dict) -> dict:
     """A checkpoint's weights without the music gate's head (``GATE_HEAD``): what a run that trains a
     new head (``training.gate``) or moves the LSTM output the head reads (``optim.init_from``) starts from."""
     return {k: v for k, v in weights.items() if not k.startswith(GATE_HEAD)}
-# Music gate (ModelConfig.music_gate): below GATE_OPEN music probability the mask is the model's own,
-# above GATE_SHUT it is exactly 1 (pass-through), linear in between.
-GATE_OPEN, GATE_SHUT = 0.1, 0.9
 
 
 def _float32() -> contextlib.AbstractContextManager:

@@ -94,6 +94,15 @@ def continued_weights(weights: dict[str, torch.Tensor], model_cfg: ModelConfig) 
     return without_gate_head(weights)
 
 
+def init_from_checkpoint(model: MaskLSTM, path: str | Path) -> dict | None:
+    """Start ``model`` from the checkpoint at ``path`` as ``optim.init_from`` does: its weights through
+    ``continued_weights`` into ``init_weights`` (a grown layer starts at zero, so the grown model starts
+    at the checkpoint's quality). Returns the checkpoint's training summary, if it has one."""
+    init = torch.load(path, map_location="cpu", weights_only=True)
+    init_weights(model, continued_weights(init["model"], model.cfg))
+    return init.get("summary")
+
+
 def loss_reference(batch: dict, cfg: TrainConfig) -> torch.Tensor:
     """The reference the loss compares the output with, [B, T] at 16 kHz: the batch's ``loss.target``
     signal, or with target "early" and ``loss.early_weight`` W < 1, direct + W (early - direct)."""
@@ -246,10 +255,7 @@ def train(cfg: TrainConfig) -> Path:
     model = MaskLSTM(cfg.model)
     base_summary: dict | None = None
     if cfg.optim.init_from:
-        # A grown model (a new prediction head or second stage) starts at the checkpoint's quality.
-        init = torch.load(cfg.optim.init_from, map_location="cpu", weights_only=True)
-        init_weights(model, continued_weights(init["model"], cfg.model))
-        base_summary = init.get("summary")
+        base_summary = init_from_checkpoint(model, cfg.optim.init_from)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     train_ds, _, train_loader, val_loader = make_loaders(cfg)
     steps_per_epoch = math.ceil(len(train_ds) / cfg.optim.batch_size)

@@ -74,6 +74,14 @@ threads = 2
     rows = [json.loads(line) for line in out.stdout.splitlines() if '"memorised"' in line]
     assert [r["step"] for r in rows] == [0, 10, 20]
     assert rows[-1]["memorised"] > rows[0]["memorised"] + 0.1, rows
+    # Scored as its own run's start (--as-run), the kept checkpoint gives back the validation figures
+    # its run recorded for it: the same validation set, reference and start state as training.train.
+    out = _py("-m", "training.fit_check", str(ckpt), "--config", str(config), "--as-run", "--count", "4",
+              "--threads", "1", cwd=ROOT)
+    scored = json.loads(out.stdout.splitlines()[-1])["validation"]
+    recorded = torch.load(ckpt, weights_only=True)["summary"]["val"]
+    assert scored["loss"] == pytest.approx(recorded["loss"], abs=1e-4), (scored, recorded)
+    assert scored["si_sdr_gain_db"] == pytest.approx(recorded["si_sdr_gain_db"], abs=1e-4), (scored, recorded)
     onnx_path = tmp_path / "tiny.onnx"
     out = _py("-m", "export", str(ckpt), "--out", str(onnx_path), cwd=ROOT)
     assert "parity" in out.stdout
