@@ -1,11 +1,13 @@
-"""Checkpoint -> ONNX step model + JSON card (+ weights-only .pt), with a torch-vs-ONNX parity check.
+"""Checkpoint -> ONNX step model + JSON contract card (+ weights-only .pt), with a torch-vs-ONNX parity check.
 
-    python -m export CHECKPOINT --out models/NAME.onnx [--name NAME] [--metrics EVAL.json]
+    python -m export CHECKPOINT --out models/NAME.onnx [--name NAME] [--set model.KEY=VALUE ...]
 
 Every piece of state is an explicit named graph input ``<state>`` and output ``<state>_out``; the
 channel axis of each is the symbolic dimension ``channels`` so one graph serves any channel count.
 The card is written twice: as JSON beside the file (for people and tools) and inside the ONNX
 ``metadata_props`` under ``dereverb.card`` (so a renamed or copied .onnx still describes itself).
+Measured quality is not export's business: ``python -m export.card`` joins an evaluation's results into
+the card afterwards (the release step, ``export/card.py``).
 """
 
 from __future__ import annotations
@@ -39,12 +41,7 @@ def state_shapes(model: MaskLSTM) -> dict[str, dict]:
         "ola": "overlap-add tail of the last synthesis frame",
         "lstm_h": "LSTM hidden state",
         "lstm_c": "LSTM cell state",
-        "ema": f"per-bin exponential averages of past power, time constants {list(cfg.ema_seconds)} s",
-        "band_h": f"sub-band LSTM hidden state, one per band of {cfg.band_width} bins",
-        "band_c": f"sub-band LSTM cell state, one per band of {cfg.band_width} bins",
         "spec_past": f"spectra (re then im) of the last {cfg.lp_frames} frames, for the linear prediction",
-        "time_h": "second-stage (learned time-domain basis) LSTM hidden state",
-        "time_c": "second-stage (learned time-domain basis) LSTM cell state",
         "music_hold": f"music gate's held pass-through share (0 = the model's mask, 1 = pass-through), released "
                       f"with a {cfg.music_hold_seconds} s time constant"
                       + (f", then the last {cfg.music_clear_frames - 1} raw shares ({cfg.music_clear_frames} "
@@ -59,16 +56,16 @@ def state_shapes(model: MaskLSTM) -> dict[str, dict]:
     return out
 
 
-class _WithShare(torch.nn.Module):
-    """The step with the music gate's per-hop pass-through share as one more output (``PASS_SHARE``)."""
+class _Graph(torch.nn.Module):
+    """The step as the graph has it: audio, the states and, with the music gate, its per-hop
+    pass-through share (``PASS_SHARE``); the gate's logit, which only its training reads, is left out."""
 
     def __init__(self, model: MaskLSTM) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, audio: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(audio, *states)
-        return (*out, self.model.last_pass_share)
+        return self.model(audio, *states)[: len(output_names(self.model))]
 
 
 def output_names(model: MaskLSTM) -> list[str]:
@@ -96,7 +93,7 @@ def export_onnx(model: MaskLSTM, path: Path) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _WithShare(model) if cfg.music_gate else model,
+            _Graph(model),
             args,
             str(path),
             input_names=["audio", *names],
@@ -166,11 +163,11 @@ def describe_data(summary: dict) -> dict:
 REST_STATE_SECONDS = 300.0
 
 
-def known_limits(cfg: ModelConfig, metrics: dict | None, noise_floor: dict | None = None) -> list[str]:
+def known_limits(cfg: ModelConfig, noise_floor: dict | None = None, targets: list[dict] | None = None) -> list[str]:
     """The card's ``known_limits``: what the recipe implies, what the model was measured to do on a
-    noise floor (``noise_floor``: the card's ``noise_floor_pass_share``), and every target of the
-    training issue the embedded evaluation (``metrics["summary"]``, from training.evaluate) did not
-    meet, with its number."""
+    noise floor (``noise_floor``: the card's ``noise_floor_pass_share``), and every target an evaluation
+    did not meet (``targets``: its rows ``{"target", "value", "bar", "met"}``), with its number. Export
+    writes the first kind; the release step (``export.card``) adds the measured ones."""
     limits = [
         "Trained on synthetic speech (Debian TTS voices) and simulated rooms (pyroomacoustics); real voices "
         "and real rooms are not in the training data.",
@@ -191,18 +188,16 @@ def known_limits(cfg: ModelConfig, metrics: dict | None, noise_floor: dict | Non
                       f"partly passed through, not suppressed: after 20 s of white, pink or brown noise at -80 or "
                       f"-60 dBFS from the rest state, {min(shares):.0%} to {max(shares):.0%} of it "
                       f"(noise_floor_pass_share).")
-    if metrics and "summary" in metrics:
-        from training.evaluate import check_targets
-
-        for row in check_targets(metrics["summary"]):
-            if row["met"] is False:
-                limits.append(f"Target not met on the held-out test set: {row['target']} = {row['value']:+.3f} "
-                              f"(bar {row['bar']}).")
+    for row in targets or []:
+        if row["met"] is False:
+            limits.append(f"Target not met on the held-out test set: {row['target']} = {row['value']:+.3f} "
+                          f"(bar {row['bar']}).")
     return limits
 
 
-def build_card(model: MaskLSTM, ckpt: dict, name: str, metrics: dict | None,
-               rest_seconds: float = REST_STATE_SECONDS) -> dict:
+def build_card(model: MaskLSTM, ckpt: dict, name: str, rest_seconds: float = REST_STATE_SECONDS) -> dict:
+    """The contract card: what the graph takes, holds and gives, and how it was trained. No measured
+    quality (``metrics`` is empty until the release step, ``export.card``, fills it)."""
     import onnx
     import onnxruntime
 
@@ -213,7 +208,7 @@ def build_card(model: MaskLSTM, ckpt: dict, name: str, metrics: dict | None,
         "format": CARD_FORMAT,
         "name": name,
         "version": ckpt.get("version", "0.1.0"),
-        "architecture": (f"STFT {cfg.mask}-mask LSTM (sqrt-Hann {cfg.win}/{cfg.hop}, "
+        "architecture": (f"STFT complex-mask LSTM (sqrt-Hann {cfg.win}/{cfg.hop}, "
                          f"{cfg.layers} x {cfg.hidden} LSTM, input projection {cfg.input_proj}"
                          + (", music gate" if cfg.music_gate else "") + ")"),
         "sample_rate": cfg.sample_rate,
@@ -238,8 +233,8 @@ def build_card(model: MaskLSTM, ckpt: dict, name: str, metrics: dict | None,
         "training": {**summary, "data": describe_data(summary), "stages": stages,
                      # Time to each stage's kept checkpoint, over the stages whose summaries were recorded.
                      "train_seconds_total": round(sum(st["train_seconds"] or 0.0 for st in stages), 1)},
-        "metrics": metrics or {},
-        "known_limits": known_limits(cfg, metrics),
+        "metrics": {},
+        "known_limits": known_limits(cfg),
         "software": {
             "torch": torch.__version__,
             "onnx": onnx.__version__,
@@ -290,17 +285,17 @@ def parity(model: MaskLSTM, onnx_path: Path, seconds: float = 2.0, channels: int
         chunk = audio[:, start * cfg.hop : (start + n) * cfg.hop]
         start += n
         with torch.no_grad():
-            t_out = model(torch.from_numpy(chunk), *(t_state[k] for k in names))
+            t_out = model.step(torch.from_numpy(chunk), t_state)
         o_out = session.run(output_names(model), {"audio": chunk, **o_state})
-        worst = max(worst, float(np.abs(o_out[0] - t_out[0].numpy()).max()))
+        worst = max(worst, float(np.abs(o_out[0] - t_out.audio.numpy()).max()))
         if cfg.music_gate:
-            worst = max(worst, float(np.abs(o_out[-1] - model.last_pass_share.numpy()).max()))
+            worst = max(worst, float(np.abs(o_out[-1] - t_out.pass_share.numpy()).max()))
             o_out = o_out[:-1]
-        for a, b in zip(o_out[1:], t_out[1:]):
+        for a, b in zip(o_out[1:], (t_out.state[k] for k in names)):
             rel = float(np.abs(a - b.numpy()).max() / max(1.0, float(np.abs(b.numpy()).max())))
             if rel > 1e-3:
                 raise RuntimeError(f"torch vs ONNX state mismatch: relative error {rel:.2e}")
-        t_state = dict(zip(names, t_out[1:]))
+        t_state = t_out.state
         o_state = dict(zip(names, o_out[1:]))
     return worst
 
@@ -314,7 +309,7 @@ def _uneven_splits(total: int, rng: np.random.Generator) -> list[int]:
     return sizes
 
 
-def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, metrics: dict | None = None,
+def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None,
                       rest_seconds: float = REST_STATE_SECONDS, overrides: dict | None = None) -> dict:
     """Export, attach the card, check parity; write atomically. Returns the card. ``overrides``: see
     ``training.model.load_checkpoint``; the .pt written beside the model carries the overridden config."""
@@ -326,7 +321,7 @@ def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, metr
     tmp = Path(tmp_name)
     try:
         export_onnx(model, tmp)
-        card = build_card(model, ckpt, name, metrics, rest_seconds)
+        card = build_card(model, ckpt, name, rest_seconds)
         attach_card(tmp, card)
         err = parity(model, tmp)
         if err > 1e-4:
@@ -338,14 +333,6 @@ def export_checkpoint(checkpoint: Path, out: Path, name: str | None = None, metr
         for state_name, value in rest_overrides(model.cfg).items():  # as MaskLSTM.rest_state
             rest[state_name] = np.full_like(rest[state_name], value)
         card["rest_state"] = {k: v.tolist() for k, v in rest.items()}
-        if model.cfg.music_gate:
-            # What the gate does on a noise floor before any sound, from that same rest state: a live
-            # microphone idling meets it (docs/model.md, "A head with a hidden layer").
-            from training.gate_report import noise_floor
-
-            start = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in rest.items()}
-            card["noise_floor_pass_share"] = noise_floor(model, start=start)
-            card["known_limits"] = known_limits(model.cfg, metrics, card["noise_floor_pass_share"])
         attach_card(tmp, card)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a shipped model is world-readable
         os.replace(tmp, out)
@@ -365,7 +352,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--out", type=Path, required=True, help="output .onnx (card written beside it)")
     parser.add_argument("--name", help="model name for the card (default: the file stem)")
-    parser.add_argument("--metrics", type=Path, help="evaluation JSON to embed in the card")
     parser.add_argument("--rest-seconds", type=float, default=REST_STATE_SECONDS,
                         help="seconds of silence that lead to the start state stored in the card (default %(default)s)")
     parser.add_argument("--set", action="append", default=[], metavar="model.KEY=VALUE",
@@ -376,12 +362,6 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_model_sets(args.set)
     except ValueError as exc:
         parser.error(str(exc))
-    metrics = None
-    if args.metrics:
-        full = json.loads(args.metrics.read_text())
-        # The card carries the evaluation's tables, not its per-example rows.
-        metrics = {k: full[k] for k in ("config", "test_set", "summary") if k in full} or full
-        metrics["source"] = str(args.metrics)
-    card = export_checkpoint(args.checkpoint, args.out, args.name, metrics, args.rest_seconds, overrides)
+    card = export_checkpoint(args.checkpoint, args.out, args.name, args.rest_seconds, overrides)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB), parity {card['export_parity_max_abs']:.2e}")
     return 0

@@ -54,11 +54,11 @@ class OptimConfig:
     # network's forward and backward take 0.56 of the float32 time and a whole epoch 0.80
     # (docs/model.md, "Training of the shipped model"). Validation and export stay float32.
     precision: str = "float32"
-    # Start each batch from the LSTM state of the previous one (see training.train); off reproduces
-    # the shipped model's zero-state training.
+    # Start each batch from the LSTM state of the previous one (training.train.batch_start); off:
+    # every batch starts from the rest state.
     carry_state: bool = False
-    # With carry_state: probability that a batch slot starts from zero state instead, so the zero
-    # state (a fresh stream) stays a state the model has seen.
+    # With carry_state: probability that a batch slot starts from the rest state instead, so a fresh
+    # stream's start stays a state the model has seen.
     state_reset_prob: float = 0.0
     # Seconds of silence that lead to the rest state streams start from at run time (the card's
     # rest_state_seconds); validation and state resets start there too. 0: the zero state.
@@ -91,7 +91,7 @@ class LossConfig:
     # Which reference the model learns to produce: "early" (direct + early reflections) or "direct".
     target: str = "early"
     # With target "early": the reference is direct + early_weight x (early - direct), so 1 is the
-    # early-50 ms target and 0 the direct path. Why: issue 3 scores the output against both, and
+    # early-50 ms target and 0 the direct path. Why: the evaluation scores the output against both, and
     # `python -m training.oracle --eval-set --early-weight W` shows that even an ideal mask aimed at
     # early-50 misses the direct-path bar at RT60 0.4-0.8 s, while the ideal phase-sensitive mask aimed
     # at W = 0.75-0.85 meets all four SI-SDR bars (docs/model.md, "Can one real mask meet both SI-SDR
@@ -144,29 +144,10 @@ def _build(cls, table: dict[str, Any]):
     return cls(**kwargs)
 
 
-def _read_table(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The TOML table of ``path``, on top of its ``base`` file (a path relative to it) if it names one:
-    a recipe that differs from another in a few values says only those, so the two cannot drift apart."""
-    path = path.resolve()
-    if path in seen:
-        raise ValueError(f"config base cycle: {' -> '.join(map(str, (*seen, path)))}")
-    table = tomllib.loads(path.read_text())
-    base = table.pop("base", None)
-    return _merge(_read_table(path.parent / base, (*seen, path)), table) if base else table
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` on top of ``base``, tables merged key by key."""
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a TOML file (and the ``base`` file it names, see ``_read_table``) into a ``TrainConfig``;
-    ``overrides`` maps 'section.key' to a value."""
-    table = _read_table(Path(path))
+    """Read a flat TOML file (one recipe, every value in it or the dataclass default) into a
+    ``TrainConfig``; ``overrides`` maps 'section.key' to a value."""
+    table = tomllib.loads(Path(path).read_text())
     for dotted, value in (overrides or {}).items():
         node = table
         *parents, leaf = dotted.split(".")

@@ -66,7 +66,7 @@ RT60_BINS: tuple[tuple[str, float, float], ...] = (
     ("rt60>0.8", 0.8, math.inf),
 )
 SYSTEMS_ORDER = ("unprocessed", "ours", "wpe_online", "wpe_offline")
-SHORT_RT60 = 0.3  # below it the no-damage target applies (issue 3)
+SHORT_RT60 = 0.3  # below it the no-damage target applies (check_targets)
 SHORT_GROUP = "rt60<0.3"
 PASSTHROUGH = "passthrough"  # --model value that makes "ours" the identity (pipeline check)
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -478,7 +478,7 @@ COMPARED = ("d_si_sdr_direct", "d_si_sdr_early", "pesq", "estoi", "dnsmos_ovrl",
 
 
 def check_targets(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The shipped model's quality targets (issue 3) against an :func:`aggregate` summary.
+    """The project's quality targets for the shipped model against an :func:`aggregate` summary.
 
     Returns one row per target: ``{"target", "value", "bar", "met"}``; ``met`` is None when the
     summary lacks the group or system. Deltas are the paired means against the unprocessed input."""
@@ -523,7 +523,7 @@ def check_targets(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[st
 def targets_table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
     """Markdown table of :func:`check_targets`."""
     rows = check_targets(summary)
-    lines = ["", "Targets of issue 3 (the training issue's bars):", "", "| target | measured | bar | met |", "|---|---|---|---|"]
+    lines = ["", "Quality targets:", "", "| target | measured | bar | met |", "|---|---|---|---|"]
     for r in rows:
         met = "-" if r["met"] is None else ("yes" if r["met"] else "**no**")
         lines.append(f"| {r['target']} | {_f(r['value'], 3, signed=True)} | {r['bar']} | {met} |")
@@ -687,9 +687,39 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
                      "model_sha256": _sha256(Path(cfg.model)) if cfg.model and cfg.model != PASSTHROUGH else None, "rt60_bins": {g: summary[g]["unprocessed"]["n"]
                                                    for g in summary if g.startswith("rt60")}},
         "summary": summary,
+        "targets": check_targets(summary),
+        **_gate_measures(cfg),
         "timing": timing,
         "examples": records,
     })
+
+
+def noise_floor_shares(model: Any, seconds: float = 20.0) -> dict[str, dict[str, float]]:
+    """What a music-gated model (a ``stream.StepModel`` with ``pass_share``) passes through of a noise
+    floor before any sound, as a live microphone idling meets it: ``seconds`` of white, pink and brown
+    noise at -80 and -60 dBFS (RMS, 16 kHz), each one channel from the model's rest state, run through
+    the runtime's step. Returns {"KIND LEVEL dBFS": {"mean_share", "end_share"}}: the pass-through share
+    over all hops and at the last one."""
+    from training.mixing import colored_noise
+
+    n = int(seconds * model.sample_rate) // model.hop * model.hop
+    out = {}
+    for level in (-80, -60):
+        for kind in ("white", "pink", "brown"):
+            x = colored_noise(np.random.default_rng(level + 100), n, kind) * 10 ** (level / 20)
+            _, share, _ = model.run_with_share(x.astype(np.float32)[None], model.initial_state(1))
+            out[f"{kind} {level} dBFS"] = {"mean_share": float(share[0].mean()), "end_share": float(share[0, -1])}
+    return out
+
+
+def _gate_measures(cfg: EvalConfig) -> dict[str, Any]:
+    """For a model with a music gate, its noise-floor shares (``noise_floor_pass_share``); else nothing."""
+    if not cfg.model or cfg.model == PASSTHROUGH:
+        return {}
+    from stream.model import StepModel
+
+    model = StepModel.load(cfg.model)
+    return {"noise_floor_pass_share": noise_floor_shares(model)} if model.has_pass_share else {}
 
 
 def _sha256(path: Path) -> str:

@@ -1,20 +1,19 @@
 """Fitting versus generalisation: SI-SDR gain of checkpoints on held-out and on training examples.
 
-    python -m training.fit_check runs/default/best.pt runs/subband/best.pt [--config C] [--count 256]
+    python -m training.fit_check runs/a/best.pt runs/b/best.pt [--config C] [--count 256]
 
 Scores each checkpoint (torch, from the rest state, as ``training.train.validate`` does) on the
 config's validation set and on ``--count`` fresh training-split examples (seed 99). If the training
 figure is far above the validation one, the model overfits; if they are close, it underfits and a
 bigger or different model, not more data, is what helps.
 
-    python -m training.fit_check models/dereverb-lstm-16k.pt --config training/configs/restart.toml --as-run
+    python -m training.fit_check models/dereverb-lstm-16k.pt --as-run
 
 With ``--as-run`` each checkpoint is scored as the config's own model started from it, the way
 ``optim.init_from`` starts a run (``training.train.init_from_checkpoint``: a gated checkpoint continues
 without its gate's head), against the config's loss reference: the figure a run's epochs are compared with.
 
-    python -m training.fit_check models/dereverb-lstm-16k.pt --config training/configs/default.toml \
-        --overfit 32 --steps 400 [--scratch]
+    python -m training.fit_check models/dereverb-lstm-16k.pt --overfit 32 --steps 400 [--scratch]
 
 Can the architecture represent a large gain at all? Trains the checkpoint (or, with ``--scratch``, the
 same architecture from random weights, seed 0) on ``--overfit`` fixed reverberant (RT60 >= 0.4 s)
@@ -39,7 +38,7 @@ from torch.utils.data import DataLoader
 from training.config import TrainConfig, load_config
 from training.dataset import ReverbDataset
 from training.model import MaskLSTM, load_checkpoint
-from training.train import _collate, batch_start, compute_loss, init_from_checkpoint, make_loaders, optimise, validate
+from training.train import DEFAULT_CONFIG, _collate, batch_start, compute_loss, init_from_checkpoint, make_loaders, optimise, validate
 
 
 def overfit(model: MaskLSTM, cfg: TrainConfig, val, count: int, steps: int, lr: float, every: int,
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.fit_check", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoints", nargs="+", type=Path)
-    ap.add_argument("--config", type=Path, default=Path("training/configs/subband.toml"),
+    ap.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                     help="supplies the data paths, the validation set (its seed) and rest_seconds")
     ap.add_argument("--count", type=int, default=256, help="training-split examples to score")
     ap.add_argument("--overfit", type=int, default=0, metavar="N",

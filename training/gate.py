@@ -1,6 +1,6 @@
 """Train the music gate of a trained model (``ModelConfig.music_gate``) as a classifier.
 
-    python -m training.gate --config training/configs/music_gate.toml
+    python -m training.gate [--config training/configs/gate.toml] [--set 'optim.init_from="runs/X/best.pt"']
 
 Everything but the gate's head (``music_gate.*``, ``music_gate_in.*``: one linear layer on the LSTM
 output, or two with ``model.music_gate_hidden``) is frozen at the checkpoint ``optim.init_from``, and
@@ -39,6 +39,9 @@ from training.config import TrainConfig, config_from_cli
 from training.model import GATE_HEAD, RECURRENT, MaskLSTM, count_parameters, init_weights, without_gate_head
 from training.train import batch_start, optimise, save_atomic
 
+# The shipped gate head's recipe.
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "gate.toml"
+
 
 def lead_frames(batch: dict, frames: int, hop: int) -> torch.Tensor:
     """True for the frames whose whole analysis window lies in the example's lead (``batch["lead"]``,
@@ -60,12 +63,10 @@ def gate_step(model: MaskLSTM, batch: dict, start: dict[str, torch.Tensor],
               lead_label: float) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Run ``batch`` from ``start``; returns (cross-entropy against ``frame_labels``, music logits [B, n],
     final recurrent states)."""
-    mix = batch["mixture"]
-    res = dict(zip(("audio_out", *model.state_names), model(mix, *(start[k] for k in model.state_names))))
-    logit = model.last_music_logit
-    assert logit is not None
+    res = model.step(batch["mixture"], start)
+    logit = res.music_logit
     loss = F.binary_cross_entropy_with_logits(logit, frame_labels(batch, logit.shape[1], model.cfg.hop, lead_label))
-    return loss, logit.detach(), {k: res[k].detach() for k in model.state_names if k in RECURRENT}
+    return loss, logit.detach(), {k: v.detach() for k, v in res.state.items() if k in RECURRENT}
 
 
 @torch.no_grad()
@@ -159,7 +160,7 @@ def train_gate(cfg: TrainConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = config_from_cli(argv, "python -m training.gate", __doc__, Path("training/configs/music_gate.toml"))
+    cfg = config_from_cli(argv, "python -m training.gate", __doc__, DEFAULT_CONFIG)
     print(train_gate(cfg))
     return 0
 

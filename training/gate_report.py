@@ -43,14 +43,15 @@ def blend(model: MaskLSTM, batches: list[dict]) -> dict:
     gain, after, music, rt60, share = [], [], [], [], []
     for b in batches:
         start = model.rest_state(b["mixture"].shape[0], 4.0)
-        y = model(b["mixture"], *(start[k] for k in model.state_names))[0]
-        share.append(model.last_pass_share.mean(-1).numpy())
+        res = model.step(b["mixture"], start)
+        y = res.audio
+        share.append(res.pass_share.mean(-1).numpy())
         ref = b["early"][:, : b["early"].shape[1] - lat]
         x = b["mixture"][:, : ref.shape[1]]
         gain.append((si_sdr_db(y[:, lat:], ref) - si_sdr_db(x, ref)).numpy())
         # From the lead's end: in the lead the target is silence and the mixture noise, so the gain over
         # the whole example also scores how much of that noise the model removed, not what it did to the
-        # music (with session 12's head, near-clean music "gained" 0.44 dB that way: docs/model.md).
+        # music (a head that passed the lead's noise through made near-clean music "gain" that way).
         lead = b["lead"].tolist() if "lead" in b else [0] * len(x)
         after.append(np.array([float(si_sdr_db(y[j:j + 1, lat + n:], ref[j:j + 1, n:])
                                      - si_sdr_db(x[j:j + 1, n:], ref[j:j + 1, n:])) for j, n in enumerate(lead)]))
@@ -68,9 +69,9 @@ def switching(model: MaskLSTM, batches: list[dict], settle: int = 63) -> dict:
     state = model.rest_state(batches[0]["mixture"].shape[0], 4.0)
     right: dict[bool, list[float]] = {False: [], True: []}
     for b in batches:
-        res = model(b["mixture"], *(state[k] for k in model.state_names))
-        state = dict(zip(model.state_names, res[1:]))
-        p = torch.sigmoid(model.last_music_logit)
+        res = model.step(b["mixture"], state)
+        state = res.state
+        p = torch.sigmoid(res.music_logit)
         for j, is_music in enumerate((b["is_music"] > 0.5).tolist()):
             ok = (p[j] > 0.5) if is_music else (p[j] < 0.5)
             right[is_music].append(float(ok[settle:].float().mean()))
@@ -102,8 +103,7 @@ def speech_over_music(model: MaskLSTM, corpus: Path, rooms: Path, n: int = 16) -
             ex = make_example(x.astype(np.float32), rir, np.random.default_rng(i), MixConfig())
             audio = torch.from_numpy(ex.mixture[: (len(s) // 256) * 256])[None]
             start = model.rest_state(1, 4.0)
-            model(audio, *(start[k] for k in model.state_names))
-            shares.append(float(model.last_pass_share.mean()))
+            shares.append(float(model.step(audio, start).pass_share.mean()))
         out["none" if rel_db is None else f"{rel_db} dB"] = float(np.mean(shares))
     return out
 
@@ -121,8 +121,7 @@ def noise_floor(model: MaskLSTM, seconds: float = 20.0, start: dict[str, torch.T
     for level in (-80, -60):
         for kind in ("white", "pink", "brown"):
             x = colored_noise(np.random.default_rng(level + 100), n, kind) * 10 ** (level / 20)
-            model(torch.from_numpy(x.astype(np.float32))[None], *(start[k] for k in model.state_names))
-            share = model.last_pass_share[0]
+            share = model.step(torch.from_numpy(x.astype(np.float32))[None], start).pass_share[0]
             out[f"{kind} {level} dBFS"] = {"mean_share": float(share.mean()), "end_share": float(share[-1])}
     return out
 

@@ -1,4 +1,4 @@
-"""Causal STFT-mask LSTM dereverberation model, written so that training and streaming share one graph.
+"""Causal STFT complex-mask LSTM dereverberation model, written so that training and streaming share one graph.
 
 The model is a *step function*: it maps ``n`` hops of audio plus its state to ``n`` hops of output
 plus the new state. Training calls the same step on a whole segment with zero state, so the
@@ -10,19 +10,16 @@ Signal path (16 kHz, window 512 = 32 ms, hop 256 = 16 ms, 50 % overlap):
     features [log |X|^2, compressed re, compressed im] --Linear--> LSTM x L --> Linear --> mask [B, n, F]
     mask * X --inverse DFT + sqrt-Hann (matmul)--> overlap-add --> audio_out [B, n*hop]
 
-With ``band_width`` W (compared in docs/model.md, not shipped), the full-band LSTM gives context instead of the
-mask, and a sub-band LSTM shared by all ceil(F / W) bands gives the mask, band by band:
+The mask is complex, with its magnitude bounded below 1 (``z tanh|z| / |z|``): it can rotate phase as
+well as attenuate, but never amplify a bin. Why complex: on held-out rooms with RT60 0.4-0.8 s an
+*oracle* real mask in [0, 1] lifts SI-SDR against the early-50 ms target only from 6.9 to 10.9 dB,
+while an oracle complex mask with |m| <= 1 reaches 19.4 dB (measured with this exact STFT). The
+compressed real/imaginary features (|X|^0.3 with X's phase) give the network the phase information a
+complex mask needs.
 
-    full-band LSTM out [B, n, H] --Linear--> context [B, n, bands, C]
-    per band: [W bins x (log|X|^2, compressed re, im), context, band embedding] --LSTM (shared)-->
-    Linear --> W complex mask values
-
-The mask is complex by default, with its magnitude bounded below 1 (``z tanh|z| / |z|``): it can
-rotate phase as well as attenuate, but never amplify a bin. Why complex: on held-out rooms with RT60
-0.4-0.8 s an *oracle* real mask in [0, 1] lifts SI-SDR against the early-50 ms target only from
-6.9 to 10.9 dB, while an oracle complex mask with |m| <= 1 reaches 19.4 dB (measured with this
-exact STFT). The compressed real/imaginary features (|X|^0.3 with X's phase) give the network the
-phase information a complex mask needs. ``mask = "magnitude"`` keeps the real sigmoid mask.
+With ``music_gate`` a small head on the LSTM output gives, per frame, the probability that the input is
+music, and the mask is relaxed towards 1 (pass-through) as it rises (``gate_shares``). ``forward``
+returns the gate's per-frame pass-through share and logit after the states.
 
 The DFT is a matrix product rather than an FFT op so the ONNX graph uses only MatMul (portable to any
 ONNX runtime, and cheap enough at 512 points).
@@ -32,7 +29,8 @@ State (all explicit, batch axis = audio channel):
     ola      [B, hop]      the second half of the last synthesis frame (overlap-add tail)
     lstm_h   [L, B, H]     LSTM hidden state
     lstm_c   [L, B, H]     LSTM cell state
-    band_h, band_c [Lb, B, bands, Hb]   sub-band LSTM state (with ``band_width``)
+    spec_past [B, M, 2F]   past frames' spectra, for the linear-prediction head (``lp_taps``)
+    music_hold [B, k]      the music gate's hold (``music_hold_seconds``, ``music_clear_frames``)
 
 Latency: output hop k completes input samples [(k-1)*hop, k*hop), so the step delays audio by
 ``win - hop`` samples; the streaming engine adds ``hop - 1`` samples of block buffering on top.
@@ -44,22 +42,29 @@ import contextlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 STATE_NAMES: tuple[str, ...] = ("analysis", "ola", "lstm_h", "lstm_c")
 # Recurrent states: [layers, channels, ...], channel axis 1 (the others put channels first).
-RECURRENT: tuple[str, ...] = ("lstm_h", "lstm_c", "band_h", "band_c", "time_h", "time_c")
+RECURRENT: tuple[str, ...] = ("lstm_h", "lstm_c")
 # The music gate's head (one linear layer, or two with ModelConfig.music_gate_hidden): trained last, by
 # training.gate, on a frozen network.
 GATE_HEAD: tuple[str, ...] = ("music_gate.", "music_gate_in.")
 # Layers a model may add to a checkpoint it is initialised from (``init_weights``): each one's output
 # layer starts at zero, so the grown model starts exactly at the checkpoint's quality.
-GROWN_LAYERS: tuple[str, ...] = ("lp.", "time_") + GATE_HEAD
+GROWN_LAYERS: tuple[str, ...] = ("lp.",) + GATE_HEAD
 # Music gate (ModelConfig.music_gate): below GATE_OPEN music probability the mask is the model's own,
 # above GATE_SHUT it is exactly 1 (pass-through), linear in between.
 GATE_OPEN, GATE_SHUT = 0.1, 0.9
+# Settings of network variants this model does not have, with the value that switches each off: a
+# checkpoint that carries one at that value (the shipped one does) loads, any other value is refused.
+# The sizes in RETIRED_SIZES only meant something with their variant on, so they are dropped.
+RETIRED_SWITCHES: dict[str, object] = {"mask": "complex", "mask_exponent": 1.0, "ema_seconds": (),
+                                       "band_width": 0, "time_basis": 0}
+RETIRED_SIZES: tuple[str, ...] = ("band_hidden", "band_layers", "band_context", "band_embed", "time_hidden")
 
 
 def without_gate_head(weights: dict) -> dict:
@@ -87,45 +92,20 @@ class ModelConfig:
     hop: int = 256
     hidden: int = 256
     layers: int = 2
-    # "complex" (bounded complex ratio mask) or "magnitude" (real sigmoid mask, phase of the input).
-    mask: str = "complex"
-    # The mask's magnitude is raised to this power (its phase kept): below 1 the mask suppresses less.
-    # Carries no weights, so it can be set at export. Measured, not used: 0.75 gained 0.07 dB on
-    # reverberant validation speech, but on the test set it lost the direct path, the longest rooms,
-    # PESQ and DNSMOS (docs/model.md, "Mask exponent").
-    mask_exponent: float = 1.0
     # Width of the linear layer in front of the LSTM (0: the features go straight into the LSTM).
     input_proj: int = 256
     # Floor of the log-power features, relative to full scale: bins below it are treated as silence.
     log_floor: float = 1e-10
-    # Time constants (s) of per-bin exponential averages of past power fed to the network as extra
-    # log-power features (state "ema"); empty: none. See MaskLSTM.forward for why.
-    ema_seconds: tuple[float, ...] = ()
-    # Sub-band stage (0: none). With band_width W, the bins are cut into ceil(F / W) bands of W bins and
-    # one small LSTM, shared by all bands, runs along time in each band (state "band_h"/"band_c"); the
-    # full-band LSTM above then only supplies each band a context vector of ``band_context`` values, and
-    # the sub-band LSTM gives the mask. See MaskLSTM.forward for why.
-    band_width: int = 0
-    band_hidden: int = 64
-    band_layers: int = 1
-    band_context: int = 16
-    band_embed: int = 8
-    # Linear prediction of late reverberation (0: none). The sub-band LSTM (or, without band_width, the
-    # full-band LSTM) also gives, per bin, ``lp_taps`` complex coefficients g_k, and the mask is applied to
-    # X(t) - sum_k g_k X(t - lp_delay - k) (frames, so lp_delay = 3 keeps the first 48 ms, the early
-    # part, out of the prediction); state "spec_past" holds the frames it needs. See docs/model.md
-    # ("What limits the learned models") for why.
+    # Linear prediction of late reverberation (0: none). The LSTM also gives, per bin, ``lp_taps``
+    # complex coefficients g_k, and the mask is applied to X(t) - sum_k g_k X(t - lp_delay - k) (frames,
+    # so lp_delay = 3 keeps the first 48 ms, the early part, out of the prediction); state "spec_past"
+    # holds the frames it needs. Why: late reverberation is, bin by bin, a decaying echo of that bin's
+    # own past, which a prediction from past frames can remove and a mask on the current frame cannot
+    # (docs/model.md, "What limits the learned models"). The coefficients' layer is zero at init, so a
+    # model grown from a mask-only checkpoint starts exactly where that checkpoint was.
     lp_taps: int = 0
     lp_delay: int = 3
-    # Second stage on a learned time-domain basis (0: none), after DTLN: each output frame (after the
-    # inverse DFT, before overlap-add) is encoded by a learned [win -> time_basis] matrix, a one-layer
-    # LSTM of ``time_hidden`` units (state "time_h"/"time_c") gives a sigmoid mask on that code, and a
-    # learned decoder maps the masked code back to a frame *correction* that is added to the frame.
-    # The decoder is zero at init, so a model fine-tuned from a one-stage checkpoint starts exactly
-    # where that checkpoint was. See MaskLSTM.forward for why.
-    time_basis: int = 0
-    time_hidden: int = 128
-    # Music gate: a linear head on the LSTM output gives, per frame, the probability that the input is
+    # Music gate: a head on the LSTM output gives, per frame, the probability that the input is
     # music, and the mask is relaxed towards 1 (pass-through) as that probability rises (GATE_OPEN,
     # GATE_SHUT). Why: a dereverberation mask learned on speech reads a sustained note as a reverberant
     # tail and cuts it; on near-clean music that cost up to 18 dB SI-SDR. The head is trained apart,
@@ -165,10 +145,6 @@ class ModelConfig:
         return self.win // 2 + 1
 
     @property
-    def bands(self) -> int:
-        return -(-self.bins // self.band_width) if self.band_width else 0
-
-    @property
     def step_latency(self) -> int:
         """Delay of the step function itself, in samples."""
         return self.win - self.hop
@@ -178,14 +154,28 @@ class ModelConfig:
 
     @property
     def state_names(self) -> tuple[str, ...]:
-        return (STATE_NAMES + (("ema",) if self.ema_seconds else ()) + (("band_h", "band_c") if self.band_width else ())
-                + (("spec_past",) if self.lp_taps else ()) + (("time_h", "time_c") if self.time_basis else ())
+        return (STATE_NAMES + (("spec_past",) if self.lp_taps else ())
                 + (("music_hold",) if self.music_gate and self.music_hold_seconds > 0 else ()))
 
     @property
     def lp_frames(self) -> int:
         """Past frames the prediction needs (state "spec_past")."""
         return self.lp_delay + self.lp_taps - 1 if self.lp_taps else 0
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelConfig:
+        """The config a checkpoint or card records (``to_dict``; TOML and JSON give lists for tuples).
+        Settings of variants this network does not have (``RETIRED_SWITCHES``) are accepted only at the
+        value that switches them off."""
+        out = dict(values)
+        for key, off in RETIRED_SWITCHES.items():
+            if key in out:
+                value = out.pop(key)
+                if (list(value) if isinstance(value, (list, tuple)) else value) != (list(off) if isinstance(off, tuple) else off):
+                    raise ValueError(f"model.{key} = {value!r}: this network has no such variant (only {off!r})")
+        for key in RETIRED_SIZES:
+            out.pop(key, None)
+        return cls(**out)
 
 
 def dft_matrices(win: int) -> tuple[Tensor, Tensor]:
@@ -212,8 +202,17 @@ def dft_matrices(win: int) -> tuple[Tensor, Tensor]:
     return forward.float(), inverse.float()
 
 
+class StepOutput(NamedTuple):
+    """What one step gives, by name (``MaskLSTM.step``)."""
+
+    audio: Tensor                  # [B, n * hop], delayed by ``win - hop`` samples
+    state: dict[str, Tensor]       # each state's new value, by name
+    pass_share: Tensor | None      # [B, n] with the music gate: how much of each frame passes through
+    music_logit: Tensor | None     # [B, n] with the music gate: the head's music logit per frame
+
+
 class MaskLSTM(nn.Module):
-    """STFT-magnitude masking LSTM; ``forward`` is the streaming step (see module docstring)."""
+    """STFT complex-mask LSTM; ``forward`` is the streaming step (see module docstring)."""
 
     def __init__(self, cfg: ModelConfig = ModelConfig()) -> None:
         super().__init__()
@@ -223,69 +222,33 @@ class MaskLSTM(nn.Module):
         forward, inverse = dft_matrices(cfg.win)
         self.register_buffer("dft_forward", forward, persistent=False)
         self.register_buffer("dft_inverse", inverse, persistent=False)
-        if cfg.mask not in ("complex", "magnitude"):
-            raise ValueError(f"unknown mask kind {cfg.mask!r}")
-        if not cfg.mask_exponent > 0:
-            raise ValueError(f"mask_exponent must be > 0, got {cfg.mask_exponent}")
         f = cfg.bins
         # Per-bin affine on the log power, so the LSTM sees roughly unit-scale inputs at speech levels.
         self.feat_scale = nn.Parameter(torch.full((f,), 0.2))
         self.feat_bias = nn.Parameter(torch.full((f,), 2.0))
-        n_feat = (f if cfg.mask == "magnitude" else 3 * f) + len(cfg.ema_seconds) * f
-        if cfg.ema_seconds:
-            decay = [math.exp(-cfg.hop / (cfg.sample_rate * t)) for t in cfg.ema_seconds]
-            self.register_buffer("ema_decay", torch.tensor(decay), persistent=False)
-            self.ema_scale = nn.Parameter(torch.full((len(decay), f), 0.2))
-            self.ema_bias = nn.Parameter(torch.full((len(decay), f), 2.0))
+        n_feat = 3 * f
         self.proj = nn.Linear(n_feat, cfg.input_proj) if cfg.input_proj else None
         self.lstm = nn.LSTM(cfg.input_proj or n_feat, cfg.hidden, num_layers=cfg.layers, batch_first=True)
-        if cfg.band_width:
-            if cfg.mask != "complex":
-                raise ValueError("the sub-band stage gives a complex mask")
-            w, nb = cfg.band_width, cfg.bands
-            self.band_ctx = nn.Linear(cfg.hidden, nb * cfg.band_context)
-            self.band_emb = nn.Parameter(torch.randn(nb, cfg.band_embed) * 0.1)
-            self.band_lstm = nn.LSTM(3 * w + cfg.band_context + cfg.band_embed, cfg.band_hidden,
-                                     num_layers=cfg.band_layers, batch_first=True)
-            self.mask = nn.Linear(cfg.band_hidden, 2 * w)
-            n_real = w
-        else:
-            self.mask = nn.Linear(cfg.hidden, f if cfg.mask == "magnitude" else 2 * f)
-            n_real = f
+        self.mask = nn.Linear(cfg.hidden, 2 * f)
         if cfg.lp_taps:
-            if cfg.mask != "complex":
-                raise ValueError("linear prediction needs the complex mask")
             if cfg.lp_delay < 1:
                 raise ValueError("lp_delay must be >= 1 frame (the current frame is not predicted)")
-            # Coefficients from the layer that gives the mask: per band (sub-band) or for all bins at
-            # once (full-band). Zero at init: no prediction until training finds one, so a model
-            # fine-tuned from a mask-only checkpoint starts exactly where that checkpoint was.
-            self.lp = nn.Linear(self.mask.in_features, n_real * 2 * cfg.lp_taps)
+            # Zero at init: no prediction until training finds one.
+            self.lp = nn.Linear(cfg.hidden, f * 2 * cfg.lp_taps)
             nn.init.zeros_(self.lp.weight)
             nn.init.zeros_(self.lp.bias)
-        if cfg.time_basis:
-            n = cfg.time_basis
-            self.time_enc = nn.Linear(cfg.win, n, bias=False)
-            self.time_norm = nn.LayerNorm(n)
-            self.time_lstm = nn.LSTM(n, cfg.time_hidden, num_layers=1, batch_first=True)
-            self.time_mask = nn.Linear(cfg.time_hidden, n)
-            self.time_dec = nn.Linear(n, cfg.win, bias=False)
-            nn.init.zeros_(self.time_dec.weight)
         if cfg.music_gate:
             if cfg.music_gate_hidden:
                 self.music_gate_in = nn.Linear(cfg.hidden, cfg.music_gate_hidden)
             self.music_gate = nn.Linear(cfg.music_gate_hidden or cfg.hidden, 1)
             nn.init.zeros_(self.music_gate.weight)
             nn.init.constant_(self.music_gate.bias, -20.0)  # sigmoid(-20) ~ 2e-9: the gate is open
-        self.last_music_logit: Tensor | None = None  # [B, n] of the last forward (training.gate reads it)
-        # [B, n] pass-through share of the last forward (the ONNX output "pass_share"; export/ reads it)
-        self.last_pass_share: Tensor | None = None
-        # Start close to pass-through so early training does not destroy the signal: sigmoid(2) = 0.88
-        # for the real mask; real part tanh(2) = 0.96, imaginary part 0 for the complex one.
+        # Start close to pass-through so early training does not destroy the signal: real part
+        # tanh(2) = 0.96, imaginary part 0.
         nn.init.zeros_(self.mask.weight)
         with torch.no_grad():
             self.mask.bias.zero_()
-            self.mask.bias[:n_real] = 2.0
+            self.mask.bias[:f] = 2.0
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -301,16 +264,8 @@ class MaskLSTM(nn.Module):
             "lstm_h": torch.zeros(cfg.layers, batch, cfg.hidden),
             "lstm_c": torch.zeros(cfg.layers, batch, cfg.hidden),
         }
-        if cfg.ema_seconds:
-            state["ema"] = torch.zeros(batch, len(cfg.ema_seconds), cfg.bins)
-        if cfg.band_width:
-            state["band_h"] = torch.zeros(cfg.band_layers, batch, cfg.bands, cfg.band_hidden)
-            state["band_c"] = torch.zeros(cfg.band_layers, batch, cfg.bands, cfg.band_hidden)
         if cfg.lp_taps:
             state["spec_past"] = torch.zeros(batch, cfg.lp_frames, 2 * cfg.bins)
-        if cfg.time_basis:
-            state["time_h"] = torch.zeros(1, batch, cfg.time_hidden)
-            state["time_c"] = torch.zeros(1, batch, cfg.time_hidden)
         if "music_hold" in cfg.state_names:
             state["music_hold"] = torch.zeros(batch, cfg.music_clear_frames)
         return state
@@ -322,11 +277,17 @@ class MaskLSTM(nn.Module):
         state = self.initial_state(1)
         hops = int(round(seconds * self.cfg.sample_rate / self.cfg.hop))
         if hops:
-            res = self(torch.zeros(1, hops * self.cfg.hop), *(state[k] for k in self.state_names))
-            state = dict(zip(self.state_names, res[1:]))
+            state = self.step(torch.zeros(1, hops * self.cfg.hop), state).state
         for name, value in rest_overrides(self.cfg).items():
             state[name] = torch.full_like(state[name], value)
         return {k: v.repeat_interleave(batch, dim=channel_axis(k)) for k, v in state.items()}
+
+    def step(self, audio: Tensor, state: dict[str, Tensor]) -> StepOutput:
+        """``forward`` with the states by name and its outputs named (see ``StepOutput``)."""
+        out = self(audio, *(state[k] for k in self.state_names))
+        k = len(self.state_names)
+        gate = out[1 + k:] if self.cfg.music_gate else (None, None)
+        return StepOutput(out[0], dict(zip(self.state_names, out[1:1 + k])), *gate)
 
     def forward(self, audio: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
         """One streaming step.
@@ -334,20 +295,18 @@ class MaskLSTM(nn.Module):
         Args:
             audio: [B, n * hop] float32 at ``cfg.sample_rate``, n >= 1.
             states, in ``state_names`` order: analysis, ola [B, hop]; lstm_h, lstm_c [layers, B, hidden];
-            with ``ema_seconds``, ema [B, K, F] (per-bin averaged power, linear scale);
-            with ``band_width``, band_h, band_c [band_layers, B, bands, band_hidden];
             with ``lp_taps``, spec_past [B, lp_frames, 2F] (past frames' spectra, re then im);
-            with ``time_basis``, time_h, time_c [1, B, time_hidden];
             with ``music_gate`` and ``music_hold_seconds`` > 0, music_hold [B, k] (the held pass-through
             share, then the last k - 1 raw shares; k = ``music_clear_frames``).
         Returns:
             (audio_out [B, n * hop] delayed by ``win - hop`` samples, then each state's new value in
-            the same order).
+            the same order, then with ``music_gate`` the pass-through share [B, n] (0..1) and the
+            head's music logit [B, n] per frame).
         """
         # Under a caller's bfloat16 autocast (training, optim.precision) only the layers between these two
-        # float32 blocks (input projection, LSTM, mask, and a variant's prediction or sub-band layers) run
-        # in bf16: with its 8-bit mantissa the DFT, the mask's product and the overlap-add would each add
-        # error near -50 dB, about the 30-50 dB SNR the loss asks of near-clean examples.
+        # float32 blocks (input projection, LSTM, mask and prediction layers) run in bf16: with its 8-bit
+        # mantissa the DFT, the mask's product and the overlap-add would each add error near -50 dB, about
+        # the 30-50 dB SNR the loss asks of near-clean examples.
         with _float32():
             analysis, ola, lstm_h, lstm_c = states[:4]
             named = dict(zip(self.state_names[4:], states[4:]))  # the optional states, by name
@@ -359,106 +318,46 @@ class MaskLSTM(nn.Module):
             f = self.cfg.bins
             re, im = spec[..., :f], spec[..., f:]
             power = re * re + im * im + self.cfg.log_floor
-            feat = feat_log = torch.log(power) * self.feat_scale + self.feat_bias
-            if self.cfg.mask == "complex":
-                # |X|^0.3 with X's phase: a level-compressed view of the phase for the complex mask.
-                squash = power ** -0.35
-                feat = torch.cat([feat, re * squash, im * squash], dim=2)
-            extra: tuple[Tensor, ...] = ()
-            if self.cfg.ema_seconds:
-                # Late reverberation is, per bin, a decaying echo of past power (the classic late-reverb PSD
-                # estimate is a delayed, exponentially smoothed power). Averages at a few time constants
-                # give the network that history directly instead of making the LSTM learn the integrator.
-                ema = _ema_scan(power, named["ema"], self.ema_decay)  # [B, K, n, F]
-                ema_feat = torch.log(ema + self.cfg.log_floor) * self.ema_scale[None, :, None] + self.ema_bias[None, :, None]
-                feat = torch.cat([feat, ema_feat.transpose(1, 2).flatten(2)], dim=2)
-                extra = (ema[:, :, -1],)
+            feat = torch.log(power) * self.feat_scale + self.feat_bias
+            # |X|^0.3 with X's phase: a level-compressed view of the phase for the complex mask.
+            squash = power ** -0.35
+            feat = torch.cat([feat, re * squash, im * squash], dim=2)
         if self.proj is not None:
             feat = self.proj(feat)
         hidden, (h_out, c_out) = self.lstm(feat, (lstm_h, lstm_c))
-        if self.cfg.band_width:
-            # Late reverberation is, bin by bin, a decaying echo of that bin's own past (what WPE and the
-            # statistical late-reverb estimators model per bin). One full-band LSTM of 256 units must
-            # track that history for all 257 bins at once; here a small LSTM shared by all bands tracks
-            # each band's own history (FullSubNet's idea), and the full-band LSTM only adds context.
-            per_bin = torch.stack([feat_log, re * squash, im * squash], dim=-1)
-            z, coef, hb, cb = self._bands(per_bin, hidden, named["band_h"], named["band_c"], batch, audio.shape[1] // hop)
-            extra = extra + (hb, cb)
-        else:
-            z = self.mask(hidden)
-            coef = self.lp(hidden).reshape(batch, hidden.shape[1], 2, self.cfg.lp_taps, f) if self.cfg.lp_taps else None
+        z = self.mask(hidden)
+        coef = self.lp(hidden).reshape(batch, hidden.shape[1], 2, self.cfg.lp_taps, f) if self.cfg.lp_taps else None
         with _float32():
             # The network's outputs come back as float32 for the DSP that follows.
             hidden, z, h_out, c_out = hidden.float(), z.float(), h_out.float(), c_out.float()
-            coef = coef.float() if coef is not None else None
-            extra = tuple(e.float() for e in extra)
+            extra: tuple[Tensor, ...] = ()
             if coef is not None:
-                re, im, past = self._predict(spec, named["spec_past"], coef)
-                extra = extra + (past,)
-            passed, held = None, ()
+                re, im, past = self._predict(spec, named["spec_past"], coef.float())
+                extra = (past,)
+            passed, gate = None, ()
             if self.cfg.music_gate:
                 feat = torch.tanh(self.music_gate_in(hidden)) if self.cfg.music_gate_hidden else hidden
                 logit = self.music_gate(feat)[..., 0]  # [B, n]
-                self.last_music_logit = logit
                 # Digital silence is no evidence of either kind, yet the head reads it as speech. The hold
                 # neither clears nor releases there, so silence leaves the rest state where it is.
                 silent = frames.square().mean(-1) <= 10.0 ** (self.cfg.music_quiet_dbfs / 10.0)
                 share, hold = gate_shares(logit, named.get("music_hold"), self.cfg, silent)  # [B, n], [B, k]
-                self.last_pass_share = share
                 if hold is not None:
-                    held = (hold,)
+                    extra = extra + (hold,)
+                gate = (share, logit)
                 passed = share.unsqueeze(-1)  # written as mask + passed * (1 - mask): exactly the mask where 0
-            if self.cfg.mask == "magnitude":
-                mask = torch.sigmoid(z)
-                if self.cfg.mask_exponent != 1.0:
-                    mask = mask ** self.cfg.mask_exponent
-                if passed is not None:
-                    mask = mask + passed * (1.0 - mask)
-                out_re, out_im = re * mask, im * mask
-            else:
-                zr, zi = z[..., :f], z[..., f:]
-                mag = torch.sqrt(zr * zr + zi * zi + 1e-12)
-                bounded = torch.tanh(mag)  # bounds |mask| below 1
-                if self.cfg.mask_exponent != 1.0:
-                    bounded = bounded ** self.cfg.mask_exponent  # still in (0, 1): tanh(mag) > 0 for mag >= 1e-6
-                gain = bounded / mag  # |mask| = bounded, the phase of z kept
-                mr, mi = zr * gain, zi * gain
-                if passed is not None:
-                    mr, mi = mr + passed * (1.0 - mr), mi - passed * mi  # still |mask| <= 1: a blend of two such masks
-                out_re, out_im = mr * re - mi * im, mr * im + mi * re
+            zr, zi = z[..., :f], z[..., f:]
+            mag = torch.sqrt(zr * zr + zi * zi + 1e-12)
+            gain = torch.tanh(mag) / mag  # |mask| = tanh|z| < 1, the phase of z kept
+            mr, mi = zr * gain, zi * gain
+            if passed is not None:
+                mr, mi = mr + passed * (1.0 - mr), mi - passed * mi  # still |mask| <= 1: a blend of two such masks
+            out_re, out_im = mr * re - mi * im, mr * im + mi * re
             out_frames = torch.cat([out_re, out_im], dim=2) @ self.dft_inverse  # [B, n, win]
-            if self.cfg.time_basis:
-                # A mask on the STFT can only scale and rotate each bin of each frame. A learned basis is not
-                # tied to the DFT's bins, so the second stage can shape what falls between them and across the
-                # frame (DTLN's argument, and the prototype's goal of working on the waveform). It sees the
-                # frame as the first stage left it, normalised per frame (DTLN's instant layer norm), so its
-                # mask does not depend on the level.
-                code = self.time_enc(out_frames)  # [B, n, N]
-                th, (th_out, tc_out) = self.time_lstm(self.time_norm(code), (named["time_h"], named["time_c"]))
-                out_frames = out_frames + self.time_dec(code * torch.sigmoid(self.time_mask(th)))
-                extra = extra + (th_out, tc_out)
             first, second = out_frames[..., :hop], out_frames[..., hop:]
             prev_second = torch.cat([ola.unsqueeze(1), second[:, :-1]], dim=1)
             audio_out = (first + prev_second).reshape(batch, -1)
-        return (audio_out, audio[:, -hop:], second[:, -1], h_out, c_out) + extra + held
-
-    def _bands(self, per_bin: Tensor, hidden: Tensor, band_h: Tensor, band_c: Tensor, batch: int, n: int):
-        """Sub-band stage: per-bin features [B, n, F, 3] and full-band LSTM output [B, n, H] -> mask
-        parameters [B, n, 2F] (real parts then imaginary), new band_h and band_c."""
-        cfg = self.cfg
-        w, nb, f = cfg.band_width, cfg.bands, cfg.bins
-        x = torch.nn.functional.pad(per_bin, (0, 0, 0, nb * w - f)).reshape(batch, n, nb, 3 * w)
-        ctx = self.band_ctx(hidden).reshape(batch, n, nb, cfg.band_context)
-        emb = self.band_emb.reshape(1, 1, nb, cfg.band_embed).expand(batch, n, nb, cfg.band_embed)
-        x = torch.cat([x, ctx, emb], dim=3).transpose(1, 2).reshape(batch * nb, n, -1)
-        layers, hs = cfg.band_layers, cfg.band_hidden
-        y, (hb, cb) = self.band_lstm(x, (band_h.reshape(layers, batch * nb, hs), band_c.reshape(layers, batch * nb, hs)))
-        z = self.mask(y).reshape(batch, nb, n, 2, w).permute(0, 2, 3, 1, 4).reshape(batch, n, 2, nb * w)[..., :f]
-        coef = None
-        if cfg.lp_taps:
-            k = cfg.lp_taps
-            coef = self.lp(y).reshape(batch, nb, n, 2, k, w).permute(0, 2, 3, 4, 1, 5).reshape(batch, n, 2, k, nb * w)[..., :f]
-        return z.reshape(batch, n, 2 * f), coef, hb.reshape(layers, batch, nb, hs), cb.reshape(layers, batch, nb, hs)
+        return (audio_out, audio[:, -hop:], second[:, -1], h_out, c_out) + extra + gate
 
     def _predict(self, spec: Tensor, past: Tensor, coef: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Subtract the linear prediction from past frames: spec [B, n, 2F] (re | im), past [B, M, 2F],
@@ -483,24 +382,24 @@ class MaskLSTM(nn.Module):
             [B, T] output, delayed by ``cfg.step_latency`` samples (as the stream is).
         """
         state = self.initial_state(audio.shape[0])
-        return self(audio, *(state[k].to(audio) for k in self.state_names))[0]
+        return self.step(audio, {k: v.to(audio) for k, v in state.items()}).audio
 
 
 def load_checkpoint(path: str | Path, overrides: dict | None = None) -> tuple[MaskLSTM, dict]:
     """Load a training checkpoint safely (``weights_only=True``: no pickled code runs) into an eval-mode
-    model. ``overrides`` {ModelConfig field: value} change settings that carry no weights (the music
-    hold's, say); one that changes a weight's shape fails the strict load. The returned checkpoint's
-    ``model_config`` is the overridden one, and ``export_overrides`` records what was changed."""
+    model, strictly (every weight present and used). ``overrides`` {ModelConfig field: value} change
+    settings that carry no weights (the music hold's, say); one that changes a weight's shape fails the
+    strict load. The returned checkpoint's ``model_config`` is the overridden one (``to_dict``), and
+    ``export_overrides`` records what was changed."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if overrides:
         unknown = set(overrides) - set(ModelConfig().to_dict())
         if unknown:
             raise ValueError(f"not ModelConfig fields: {sorted(unknown)}")
-        ckpt["model_config"] = {**ckpt["model_config"], **overrides}
         ckpt["export_overrides"] = dict(overrides)
-    # TOML and JSON give lists where the config has tuples (ema_seconds).
-    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["model_config"].items()}
-    model = MaskLSTM(ModelConfig(**cfg))
+    cfg = ModelConfig.from_dict({**ckpt["model_config"], **(overrides or {})})
+    ckpt["model_config"] = cfg.to_dict()
+    model = MaskLSTM(cfg)
     model.load_state_dict(ckpt["model"])
     return model.eval(), ckpt
 
@@ -568,68 +467,15 @@ def _hold(raw: Tensor, prev: Tensor, silent: Tensor, rate: float) -> Tensor:
     return torch.maximum(held, carry)
 
 
-def _ema_scan(power: Tensor, ema0: Tensor, decay: Tensor) -> Tensor:
-    """Exponential averages of ``power`` [B, n, F] for each decay a_k in ``decay`` [K], from ``ema0`` [B, K, F].
-
-    e_t = a e_{t-1} + (1 - a) p_t, computed for all n frames at once as a lower-triangular matrix
-    product (a^(t-s) weights), so the step stays one graph with no loop for any n. Returns [B, K, n, F].
-    """
-    n = power.shape[1]
-    idx = torch.arange(n, device=power.device).to(power.dtype)
-    lag = idx[:, None] - idx[None, :]  # [n, n]
-    a = decay[:, None, None]  # [K, 1, 1]
-    weights = torch.where(lag >= 0, (1 - a) * a ** lag.clamp_min(0), torch.zeros_like(lag))  # [K, n, n]
-    out = weights[None] @ power[:, None]  # [B, K, n, F]
-    carry = a[None] ** (idx[None, None, :, None] + 1)  # [1, K, n, 1]
-    return out + carry * ema0[:, :, None, :]
-
-
 def init_weights(model: MaskLSTM, weights: dict[str, Tensor]) -> None:
     """Load a checkpoint's ``weights`` into ``model`` for fine-tuning. Layers the checkpoint lacks are
-    allowed only if they are GROWN_LAYERS (zero output at init); a checkpoint with fewer LSTM units
-    (``hidden``) is widened by ``widen_lstm``; anything else that does not fit raises."""
-    if "lstm.weight_hh_l0" in weights and weights["lstm.weight_hh_l0"].shape[1] < model.cfg.hidden:
-        weights = widen_lstm(weights, model.state_dict(), weights["lstm.weight_hh_l0"].shape[1], model.cfg.hidden)
+    allowed only if they are GROWN_LAYERS (zero output at init); anything else that does not fit raises."""
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
-    except RuntimeError as e:  # shapes that differ other than by growth
+    except RuntimeError as e:  # shapes that differ
         raise ValueError(f"checkpoint does not fit this model: {e}") from None
     if unexpected or any(not k.startswith(GROWN_LAYERS) for k in missing):
         raise ValueError(f"checkpoint does not fit this model: missing {missing}, unexpected {unexpected}")
-
-
-def widen_lstm(weights: dict[str, Tensor], fresh: dict[str, Tensor], old: int, new: int) -> dict[str, Tensor]:
-    """A checkpoint's weights with ``old`` LSTM units per layer, widened to ``new`` so that the wider
-    model computes exactly what the checkpoint did (full-band models; the LSTM's gates stacked i, f, g, o).
-
-    ``fresh`` is the wider model's own (randomly initialised) state dict. The old units keep their
-    weights; the new units keep ``fresh``'s random weights on their inputs, so they carry a signal and
-    receive gradients from the start, while every weight *from* a new unit (into the old units, the
-    next layer, the mask and gate heads) starts at zero, so they change nothing until training moves
-    those weights. Function-preserving growth, as in Net2Net, without the symmetric copies."""
-    out = dict(weights)
-    for k, w in weights.items():
-        f = fresh.get(k)
-        if f is None or f.shape == w.shape:
-            continue
-        g = f.clone()
-        if k.startswith("lstm."):
-            # [4 old, ...] -> [4 new, ...]: gate blocks are widened separately.
-            g4 = g.reshape(4, new, *g.shape[1:])
-            w4 = w.reshape(4, old, *w.shape[1:])
-            if w.dim() == 2:
-                g4[:, :old, : w.shape[1]] = w4
-                g4[:, :, w.shape[1]:] = 0.0  # inputs from new units (the recurrence, or layer 1's input)
-            else:
-                g4[:, :old] = w4
-            out[k] = g4.reshape(g.shape)
-        elif w.dim() == 2 and w.shape[0] == g.shape[0]:  # a head reading the LSTM: zero on new units
-            g[:, : w.shape[1]] = w
-            g[:, w.shape[1]:] = 0.0
-            out[k] = g
-        else:
-            raise ValueError(f"cannot widen {k}: {tuple(w.shape)} -> {tuple(g.shape)}")
-    return out
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -637,24 +483,15 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def macs_per_hop(cfg: ModelConfig) -> int:
-    """Multiply-adds per hop per channel (DFTs, input layer, LSTM, mask layer), for the model card."""
+    """Multiply-adds per hop per channel (DFTs, input layer, LSTM, mask layer, prediction, gate head and
+    blend), for the model card."""
     f, h = cfg.bins, cfg.hidden
-    n_feat = (f if cfg.mask == "magnitude" else 3 * f) + len(cfg.ema_seconds) * f
-    n_out = f if cfg.mask == "magnitude" else 2 * f
+    n_feat, n_out = 3 * f, 2 * f
     dft = 2 * cfg.win * 2 * f
     proj = n_feat * cfg.input_proj
     lstm_in = cfg.input_proj or n_feat
     lstm = 4 * h * (lstm_in + h) + (cfg.layers - 1) * 4 * h * (2 * h)
-    predict = 4 * cfg.lp_taps * f  # the complex products of the prediction
-    n, ht = cfg.time_basis, cfg.time_hidden
-    time = (2 * cfg.win * n + 4 * ht * (n + ht) + ht * n) if n else 0
+    predict = h * n_out * cfg.lp_taps + 4 * cfg.lp_taps * f  # the coefficients' layer, the complex products
     g = cfg.music_gate_hidden
-    time += (g * (h + 1) if g else h) + 2 * f if cfg.music_gate else 0  # the gate's head and its blend
-    if not cfg.band_width:
-        return dft + proj + lstm + h * n_out + h * n_out * cfg.lp_taps + predict + time
-    w, hs = cfg.band_width, cfg.band_hidden
-    band_in = 3 * w + cfg.band_context + cfg.band_embed
-    band = 4 * hs * (band_in + hs) + (cfg.band_layers - 1) * 4 * hs * (2 * hs)
-    coefficients = cfg.bands * hs * 2 * w * cfg.lp_taps
-    return (dft + proj + lstm + h * cfg.bands * cfg.band_context + cfg.bands * (band + hs * 2 * w) + coefficients
-            + predict + time)
+    gate = (g * (h + 1) if g else h) + 2 * f if cfg.music_gate else 0  # the gate's head and its blend
+    return dft + proj + lstm + h * n_out + predict + gate

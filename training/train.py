@@ -1,6 +1,10 @@
 """Train the dereverberation model.
 
-    python -m training.train --config training/configs/default.toml [--set optim.epochs=3 ...]
+    python -m training.train [--config training/configs/train.toml] [--set optim.epochs=3 ...]
+
+The default config is the shipped network's recipe; its music gate's head is trained afterwards by
+``python -m training.gate``. ``--set 'optim.init_from="models/dereverb-lstm-16k.pt"'`` fine-tunes the
+shipped network instead of starting from random weights (training/configs/train.toml).
 
 Seeded; a progress bar per epoch; validation (SI-SDR improvement against the target) after every
 epoch; checkpoints written atomically to ``<out_dir>/last.pt`` (resume point) and ``best.pt``
@@ -25,6 +29,9 @@ from torch.utils.data import DataLoader
 from training.config import TrainConfig, config_from_cli
 from training.mixing import reference_between
 from training.model import RECURRENT, MaskLSTM, ModelConfig, count_parameters, init_weights, without_gate_head
+
+# The shipped network's recipe: every tool that trains or scores the network defaults to it.
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "train.toml"
 
 
 def snr_db(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8,
@@ -88,7 +95,7 @@ def continued_weights(weights: dict[str, torch.Tensor], model_cfg: ModelConfig) 
     """A checkpoint's weights for a run that continues it (``optim.init_from``). A gated checkpoint
     (the shipped .pt) continues as the ungated network it was trained as: its gate's head reads the
     LSTM output, which the run moves, so the head is dropped and ``training.gate`` trains a new one
-    afterwards (training/configs/continue.toml). A model that has a gate keeps the head it is given."""
+    afterwards. A model that has a gate keeps the head it is given."""
     if model_cfg.music_gate:
         return weights
     return without_gate_head(weights)
@@ -129,14 +136,14 @@ def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig, start: dict[str
     lat = model.cfg.step_latency
     st = start if start is not None else model.initial_state(mix.shape[0])
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        res = dict(zip(("audio_out", *model.state_names), model(mix, *(st[k] for k in model.state_names))))
-    out = res["audio_out"][:, lat:]
+        res = model.step(mix, st)
+    out = res.audio[:, lat:]
     ref = target[:, : target.shape[1] - lat]
     cap = loss_ceiling_db(mix[:, : target.shape[1] - lat], ref, cfg)
     loss = -snr_db(out, ref, max_db=cap).mean()
     if cfg.loss.spectral_db_weight > 0:
         loss = loss + cfg.loss.spectral_db_weight * spectral_db(out, ref, floor_db=-cap).mean()
-    carried = {k: res[k].detach() for k in model.state_names if k in RECURRENT}
+    carried = {k: v.detach() for k, v in res.state.items() if k in RECURRENT}
     return loss, si_sdr_db(out.detach(), ref), carried
 
 
@@ -328,7 +335,7 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = config_from_cli(argv, "python -m training.train", __doc__, Path("training/configs/default.toml"))
+    cfg = config_from_cli(argv, "python -m training.train", __doc__, DEFAULT_CONFIG)
     print(train(cfg))
     return 0
 

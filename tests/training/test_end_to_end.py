@@ -96,35 +96,15 @@ threads = 2
     assert y.shape == x.shape and np.isfinite(y).all() and np.abs(y).max() > 0
 
     # A second stage continues the first (one epoch at a lower rate); the gate then goes on the second.
-    stage2_config = tmp_path / "stage2.toml"
-    stage2_config.write_text(f"""
-base = "{config}"
-out_dir = "{tmp_path / 'stage2'}"
-[optim]
-epochs = 1
-lr = 1e-4
-init_from = "{ckpt}"
-""")
-    _py("-m", "training.train", "--config", str(stage2_config), cwd=ROOT)
+    _py("-m", "training.train", "--config", str(config), "--set", f'out_dir="{tmp_path / "stage2"}"',
+        "--set", "optim.epochs=1", "--set", "optim.lr=1e-4", "--set", f'optim.init_from="{ckpt}"', cwd=ROOT)
     ckpt = tmp_path / "stage2" / "best.pt"
 
     # The music gate on the trained model, its head with a hidden layer as shipped: only the head
     # trains, the rest stays the checkpoint's.
-    gate_config = tmp_path / "gate.toml"
-    gate_config.write_text(f"""
-base = "{config}"
-out_dir = "{tmp_path / 'gate'}"
-[model]
-music_gate = true
-music_gate_hidden = 4
-[data]
-music_share = 0.5
-[optim]
-epochs = 1
-lr = 1e-2
-init_from = "{ckpt}"
-""")
-    _py("-m", "training.gate", "--config", str(gate_config), cwd=ROOT)
+    _py("-m", "training.gate", "--config", str(config), "--set", f'out_dir="{tmp_path / "gate"}"',
+        "--set", "model.music_gate=true", "--set", "model.music_gate_hidden=4", "--set", "data.music_share=0.5",
+        "--set", "optim.epochs=1", "--set", "optim.lr=1e-2", "--set", f'optim.init_from="{ckpt}"', cwd=ROOT)
 
     gated = torch.load(tmp_path / "gate" / "best.pt", weights_only=True)
     base = torch.load(ckpt, weights_only=True)["model"]
