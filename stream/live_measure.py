@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from stream.devices import JACK_CLIENT_NAME, import_sounddevice, set_jack_client_name
-from stream.live import cpu_steal_seconds, steal_share
+from stream.live_report import cpu_steal_seconds, steal_share
 
 PROBE_CLIENT_NAME = b"dereverb-probe"  # constant: PortAudio keeps the pointer (see devices.JACK_CLIENT_NAME)
 LIVE_CLIENT = JACK_CLIENT_NAME.decode()
@@ -320,7 +320,7 @@ def probe_signal(rate: int, seconds: float) -> np.ndarray:
 class LiveRun:
     """One ``dereverb live`` run through JACK: its JSON summary and what the probe saw.
 
-    ``steal_fraction``: hypervisor steal while the probe played and recorded (``stream.live.steal_share``)."""
+    ``steal_fraction``: hypervisor steal while the probe played and recorded (``stream.live_report.steal_share``)."""
 
     summary: dict[str, Any]
     recording: np.ndarray

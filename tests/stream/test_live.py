@@ -21,10 +21,11 @@ import numpy as np
 import pytest
 
 from stream import cli
-from stream.devices import (AudioDeviceError, DeviceInfo, _quiet_stderr, choose_layout, format_devices,
-                            import_sounddevice, parse_device, resolve_device)
-from stream.live import (Controls, Fifo, InlineProcessor, LiveConfig, TimingRing, WorkerProcessor, _Setup,
-                         choose_samplerate, format_summary, make_summary, prepare, write_stats)
+from stream.devices import (AudioDeviceError, DeviceInfo, StreamSetup, _quiet_stderr, choose_layout,
+                            choose_samplerate, format_devices, import_sounddevice, parse_device, resolve_device)
+from stream.live import Fifo, InlineProcessor, LiveConfig, WorkerProcessor, prepare
+from stream.live_report import TimingRing, format_summary, make_summary, write_stats
+from stream.live_ui import Controls
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIRED_KEYS = {"duration_s", "xruns", "input_overflows", "output_underflows", "block_ms", "latency_ms",
@@ -416,8 +417,8 @@ def test_summary_json_is_complete(tmp_path):
     x = np.zeros((256, 1), np.float32)
     for _ in range(10):
         proc(x, np.zeros((256, 2), np.float32), 256, None, None)
-    setup = _Setup(DEVICES[0], DEVICES[0], Layout(1, 1, 2), 48000)
-    s = make_summary(proc, 1.5, 48000, 0, 0.0107, 1615, setup, LiveConfig())
+    setup = StreamSetup(DEVICES[0], DEVICES[0], Layout(1, 1, 2), 48000)
+    s = make_summary(proc, 1.5, 48000, 0, 0.0107, 1615, setup)
     assert REQUIRED_KEYS <= s.keys()
     assert set(s["block_ms"]) == {"p50", "p99", "max"}
     assert set(s["latency_ms"]) == {"total", "device", "algorithmic", "buffering"}
@@ -431,12 +432,12 @@ def test_summary_json_is_complete(tmp_path):
     for word in ("duration", "xruns", "input overflows", "p50", "p99", "max", "device", "algorithmic", "buffering"):
         assert word in text
     assert s["cpu_steal"] == 0.0 and "steal" not in text
-    busy_host = make_summary(proc, 1.5, 48000, 0, 0.0107, 1615, setup, LiveConfig(), steal_fraction=0.1234)
+    busy_host = make_summary(proc, 1.5, 48000, 0, 0.0107, 1615, setup, steal_fraction=0.1234)
     assert busy_host["cpu_steal"] == 0.1234 and "withheld 12.3% of the CPU time (steal)" in format_summary(busy_host)
 
 
 def test_inline_overrun_hint_only_when_inline_blocks_missed_their_deadline():
-    from stream.live import inline_overrun_hint
+    from stream.live_report import inline_overrun_hint
 
     def summary(mode: str, xruns: int, p99: float) -> dict:
         return {"mode": mode, "xruns": xruns, "load": {"mean": 0.2, "p99": p99, "max": 2 * p99}}
@@ -480,7 +481,7 @@ INLINE_PERIOD = 1024
 # A live run must match file mode for this long before its first mismatch (see file_mode_problems).
 MIN_CLEAN_S = 1.0
 # Above this share of CPU time stolen by the hypervisor during the pass-through run
-# (stream.live.cpu_steal_seconds), xruns are the host's, not the client's: the attempt is retried,
+# (stream.live_report.cpu_steal_seconds), xruns are the host's, not the client's: the attempt is retried,
 # not judged.
 STEAL_MAX = 0.05
 
@@ -625,14 +626,14 @@ def test_file_mode_problems_judges_the_error_pattern(period):
 
 
 def test_cpu_steal_seconds_reads_the_steal_column():
-    from stream.live import cpu_steal_seconds
+    from stream.live_report import cpu_steal_seconds
 
     hz = os.sysconf("SC_CLK_TCK")
     assert cpu_steal_seconds(f"cpu  100 0 50 1000 7 0 3 {2 * hz} 0 0\ncpu0 1 2 3\n") == pytest.approx(2.0)
     assert cpu_steal_seconds("cpu  100 0 50 1000\n") == 0.0  # a kernel without the column
     a = cpu_steal_seconds()
     assert 0.0 <= a <= cpu_steal_seconds()
-    from stream.live import steal_share
+    from stream.live_report import steal_share
 
     assert 0.0 <= steal_share(a, 1.0) <= 1.0
 
