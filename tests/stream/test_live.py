@@ -390,7 +390,7 @@ def test_xrun_flags_are_counted_once_per_callback():
 @pytest.mark.parametrize("phase", [0, 5, 767])
 def test_file_mode_reference_finds_the_framing_phase(default_model, phase):
     from stream.engine import dereverb_array
-    from stream.live_measure import file_mode_reference, probe_signal
+    from benchmarks.live_measure import file_mode_reference, probe_signal
 
     x = probe_signal(48000, 2.0)
     heard = dereverb_array(np.concatenate([np.zeros(768 * 10 + phase, np.float32), x]), 48000, model=default_model)
@@ -474,7 +474,7 @@ RATE, PERIOD = 48000, 256
 # frames (5.33 ms) was 2.2-2.8 ms in quiet minutes but 6-14 ms while the host stole CPU time. Even a
 # steal of 2.5-3 %, below STEAL_MAX, made a thread waking every 5.33 ms late by 2.4-2.8 ms at p99, which
 # is all the headroom inline has at 256 frames. That is the machine's speed, which the benchmark
-# (stream.live_measure) reports. At 1024 frames (21.3 ms), where each callback also runs one or two
+# (benchmarks.live_measure) reports. At 1024 frames (21.3 ms), where each callback also runs one or two
 # model steps, the same VM had 1 xrun in 32 s (pass-through 0), so inline is tested there; the
 # default worker at 256.
 INLINE_PERIOD = 1024
@@ -510,7 +510,7 @@ class JackRig:
         self.unavailable: str | None = None  # why no server could start, once known
 
     def server_at(self, period: int):
-        from stream.live_measure import JackServer, JackUnavailable
+        from benchmarks.live_measure import JackServer, JackUnavailable
 
         if self.unavailable is not None:
             pytest.skip(f"no JACK server could be started: {self.unavailable}")
@@ -527,7 +527,7 @@ class JackRig:
         return server
 
     def portaudio_at(self, period: int):
-        from stream.live_measure import JackUnavailable, portaudio_for_jack
+        from benchmarks.live_measure import JackUnavailable, portaudio_for_jack
 
         server = self.server_at(period)
         if self._portaudio is None:
@@ -579,7 +579,7 @@ def file_mode_problems(name: str, errs: np.ndarray, events: int, period: int = P
 
     An xrun loses or repeats a period of the stream's input. The model's state then takes a moment to
     converge, and the STFT's framing phase moves by a period for the rest of the run, so every later
-    window differs from the file-mode reference (see stream.live_measure.file_mode_reference): one bad
+    window differs from the file-mode reference (see benchmarks.live_measure.file_mode_reference): one bad
     stretch per xrun, which may last to the end. So the run must match file mode until its first
     mismatch, for at least ``MIN_CLEAN_S``, and every bad stretch (bad windows closer than 1 s count as
     one) must be explained by an xrun. A broken live path (wrong state, lost or reordered blocks) fails
@@ -639,7 +639,7 @@ def test_cpu_steal_seconds_reads_the_steal_column():
 
 
 def test_live_measure_table_sums_rounds_against_pass_through(capsys):
-    from stream.live_measure import print_table
+    from benchmarks.live_measure import print_table
 
     def row(mode: str, rnd: int, lag: int, xruns: int, steal: float, total_ms: float) -> dict:
         return {"period": 256, "round": rnd, "mode": mode, "measured_lag_frames": lag, "xruns": xruns,
@@ -691,7 +691,7 @@ def test_live_through_jack_matches_file_mode(jack_rig, tmp_path, mode):
 
 def _run_probe_test(rig: JackRig, tmp_path: Path, mode: str, match_file_mode: bool) -> None:
     from stream.engine import dereverb_array
-    from stream.live_measure import Probe, probe_signal
+    from benchmarks.live_measure import Probe, probe_signal
 
     args, period = LIVE_MODES[mode]
     server, sd = rig.server_at(period), rig.portaudio_at(period)
@@ -725,7 +725,7 @@ def _live_runs_through_jack(jack, probe, x: np.ndarray, expected: np.ndarray, tm
     """One pass-through run and one run of ``mode`` (``args``) on the same server; asserts what is
     deterministic and returns the scheduling-dependent problems found, and each run's CPU steal fraction
     (``LiveRun.steal_fraction``) by name."""
-    from stream.live_measure import file_mode_reference, find_lag, run_live_through_jack, window_errors
+    from benchmarks.live_measure import file_mode_reference, find_lag, run_live_through_jack, window_errors
 
     period = jack.period
     tmp.mkdir()
@@ -797,7 +797,7 @@ def test_devices_lists_jack(jack):
 
 def test_device_disappearing_ends_cleanly_with_the_summary(tmp_path):
     """The audio server quits mid-stream: one error line, the summary, the stats, exit 1, no hang."""
-    from stream.live_measure import LIVE_CLIENT, JackServer, JackUnavailable
+    from benchmarks.live_measure import LIVE_CLIENT, JackServer, JackUnavailable
 
     server = JackServer(RATE, PERIOD, name=f"dereverb-test-vanish-{os.getpid()}")
     try:
@@ -893,9 +893,9 @@ def _inet_socket_inodes() -> set[str]:
 def test_live_mode_opens_no_network_port(jack):
     """While streaming through the model, the live process holds no TCP/UDP/raw socket (only the audio
     server's local UNIX sockets)."""
-    from stream.live_measure import LIVE_CLIENT
+    from benchmarks.live_measure import LIVE_CLIENT
 
-    from stream.live_measure import default_sigint
+    from benchmarks.live_measure import default_sigint
 
     proc = subprocess.Popen(live_cmd("--duration", "20"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, text=True, env=env_for(jack), preexec_fn=default_sigint)

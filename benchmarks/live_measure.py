@@ -1,6 +1,6 @@
 """Measure ``dereverb live`` through a real JACK server: added latency, processing load, xruns.
 
-    python -m stream.live_measure --periods 128 256 --seconds 60 --out live_measure.json
+    python -m benchmarks.live_measure --periods 128 256 --seconds 60 --out live_measure.json
 
 For each JACK period it starts ``jackd --no-realtime -d dummy -r RATE -p PERIOD`` (stopped by its PID at
 the end), then runs ``dereverb live`` as a subprocess, once as a pass-through baseline and once per
@@ -9,8 +9,10 @@ the bundled reverberant clip into ``dereverb:in_0`` and records ``dereverb:out_0
 ``jack_connect``. The lag of the recording is measured by cross-correlation against the expected
 output (the input itself for pass-through, file mode's output otherwise).
 
-The same pieces (``JackServer``, ``Probe``, ``run_live_through_jack``) drive the live-mode tests.
-Needs the Debian packages jackd2 and libportaudio2.
+The same pieces (``JackServer``, ``Probe``, ``run_live_through_jack``) drive the live-mode tests. A
+measurement harness, not part of the installed runtime: it re-initialises PortAudio in this process
+through sounddevice's private ``_initialize``/``_terminate`` (see ``portaudio_for_jack``), which the
+runtime never does. Needs the Debian packages jackd2 and libportaudio2.
 """
 
 from __future__ import annotations
@@ -454,7 +456,7 @@ def print_table(rows: list[dict], rate: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stream.live_measure", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m benchmarks.live_measure", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--periods", type=int, nargs="+", default=[128, 256], help="JACK periods (frames)")
     p.add_argument("--seconds", type=float, default=60.0, help="signal length per run (s)")
