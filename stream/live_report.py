@@ -141,6 +141,7 @@ def make_summary(proc: Processor, elapsed: float, rate: int, blocksize: int, dev
                        "algorithmic": round(algo_ms, 3), "buffering": round(buf_ms, 3)},
         "samplerate": rate,
         "blocksize": blocksize or c.block_frames,
+        "host_xruns": c.host_xruns,
         "latency_samples": {"algorithmic": algorithmic, "buffering": proc.buffering_frames},
         "load": {"mean": round(float(load.mean()), 4) if load.size else 0.0,
                  "p99": round(float(np.percentile(load, 99)), 4) if load.size else 0.0,
@@ -165,6 +166,24 @@ def make_summary(proc: Processor, elapsed: float, rate: int, blocksize: int, dev
     return summary
 
 
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}" if n == 1 else f"{n} {thing}s"
+
+
+def xruns_line(s: dict[str, Any]) -> str:
+    """The summary's xruns line: the total, and what it adds up.
+
+    A callback the host flagged counts once, whichever of its two flags (input overflow, output
+    underflow) it carries; JACK sets both for every xrun, so the flag counts say which kinds occurred and
+    do not add up to the total. In worker mode late and dropped blocks add to it."""
+    text = (f"xruns        {s['xruns']} = {_count(s['host_xruns'], 'callback')} the host flagged "
+            f"(input overflows in {s['input_overflows']}, output underflows in {s['output_underflows']}; "
+            f"a callback with both flags counts once)")
+    if "fifo_underruns" in s:
+        text += f" + {_count(s['fifo_underruns'], 'late block')} + {_count(s['input_drops'], 'dropped block')}"
+    return text
+
+
 def format_summary(s: dict[str, Any]) -> str:
     """The summary printed on exit (from the ``make_summary`` dict)."""
     b, lat = s["block_ms"], s["latency_ms"]
@@ -172,10 +191,7 @@ def format_summary(s: dict[str, Any]) -> str:
     per = f" (block {block} frames = {1000 * block / s['samplerate']:.2f} ms)" if block else ""
     lines = [
         f"duration     {s['duration_s']:.1f} s at {s['samplerate']} Hz, {s['mode']}",
-        f"xruns        {s['xruns']} (input overflows {s['input_overflows']}, "
-        f"output underflows {s['output_underflows']}"
-        + (f", late blocks {s['fifo_underruns']}, dropped blocks {s['input_drops']}" if "fifo_underruns" in s else "")
-        + ")",
+        xruns_line(s),
         f"block time   p50 {b['p50']:.3f} ms, p99 {b['p99']:.3f} ms, max {b['max']:.3f} ms{per}",
         f"load         mean {100 * s['load']['mean']:.1f}%, p99 {100 * s['load']['p99']:.1f}%, "
         f"max {100 * s['load']['max']:.1f}% of the block duration",

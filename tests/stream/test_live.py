@@ -436,6 +436,42 @@ def test_summary_json_is_complete(tmp_path):
     assert busy_host["cpu_steal"] == 0.1234 and "withheld 12.3% of the CPU time (steal)" in format_summary(busy_host)
 
 
+class BothFlags:
+    """A PortAudio callback status with both flags set, as JACK reports every xrun."""
+
+    input_overflow, output_underflow = True, True
+
+    def __bool__(self) -> bool:
+        return True
+
+
+def test_summary_says_what_the_xrun_count_counts():
+    """One callback flagged for both an input overflow and an output underflow is one xrun, and the
+    summary's xruns line says so (and, in worker mode, adds the late and dropped blocks), instead of
+    printing a total of 1 beside 1 overflow and 1 underflow without saying why."""
+    from stream.devices import Layout
+
+    setup = StreamSetup(DEVICES[0], DEVICES[0], Layout(1, 1, 1), 48000)
+    x = np.zeros((256, 1), np.float32)
+    inline = InlineProcessor(Layout(1, 1, 1), 48000, None)
+    inline(x, x.copy(), 256, None, BothFlags())
+    s = make_summary(inline, 1.0, 48000, 0, 0.0, 0, setup)
+    assert (s["xruns"], s["host_xruns"], s["input_overflows"], s["output_underflows"]) == (1, 1, 1, 1)
+    line = next(t for t in format_summary(s).splitlines() if t.startswith("xruns"))
+    assert line == ("xruns        1 = 1 callback the host flagged (input overflows in 1, output underflows in 1; "
+                    "a callback with both flags counts once)")
+
+    proc = worker(target=512)
+    proc(x, x.copy(), 256, None, BothFlags())
+    for _ in range(3):  # the worker never runs: the primed 512 frames last two blocks, then blocks are late
+        call(proc, x)
+    s = make_summary(proc, 1.0, 48000, 0, 0.0, 0, setup)
+    assert (s["host_xruns"], s["fifo_underruns"], s["input_drops"], s["xruns"]) == (1, 2, 0, 3)
+    line = next(t for t in format_summary(s).splitlines() if t.startswith("xruns"))
+    assert line == ("xruns        3 = 1 callback the host flagged (input overflows in 1, output underflows in 1; "
+                    "a callback with both flags counts once) + 2 late blocks + 0 dropped blocks")
+
+
 def test_inline_overrun_hint_only_when_inline_blocks_missed_their_deadline():
     from stream.live_report import inline_overrun_hint
 
@@ -445,7 +481,8 @@ def test_inline_overrun_hint_only_when_inline_blocks_missed_their_deadline():
     hint = inline_overrun_hint(summary("inline", 12, 1.8))
     assert "180%" in hint and "--buffer-ms 20" in hint
     assert hint in format_summary({**summary("inline", 12, 1.8), "duration_s": 5.0, "samplerate": 48000,
-                                   "input_overflows": 12, "output_underflows": 0, "blocksize": 256,
+                                   "host_xruns": 12, "input_overflows": 12, "output_underflows": 0,
+                                   "blocksize": 256,
                                    "block_ms": {"p50": 0.4, "p99": 9.6, "max": 19.0},
                                    "latency_ms": {"total": 39.0, "device": 5.3, "algorithmic": 33.6,
                                                   "buffering": 0.0}})
