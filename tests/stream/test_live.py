@@ -507,12 +507,12 @@ def test_controls_keys():
 RATE, PERIOD = 48000, 256
 # Inline mode (--buffer-ms 0) runs the model step inside the callback, so it keeps its deadline only
 # where the step's worst case, with the machine's scheduling noise, fits one period. On a shared
-# nested-virtualisation VM (session 16, docs/live.md "On a shared VM host") its p99 callback at 256
-# frames (5.33 ms) was 2.2-2.8 ms in quiet minutes but 6-14 ms while the host stole CPU time. Even a
-# steal of 2.5-3 %, below STEAL_MAX, made a thread waking every 5.33 ms late by 2.4-2.8 ms at p99, which
+# nested-virtualisation VM (docs/live.md, "On a shared VM host") its p99 callback at 256 frames
+# (5.33 ms) measures 2.2-2.8 ms in quiet minutes but 6-14 ms while the host steals CPU time. Even a
+# steal of 2.5-3 %, below STEAL_MAX, makes a thread waking every 5.33 ms late by 2.4-2.8 ms at p99, which
 # is all the headroom inline has at 256 frames. That is the machine's speed, which the benchmark
 # (benchmarks.live_measure) reports. At 1024 frames (21.3 ms), where each callback also runs one or two
-# model steps, the same VM had 1 xrun in 32 s (pass-through 0), so inline is tested there; the
+# model steps, the same VM measures 1 xrun in 32 s (pass-through 0), so inline is tested there; the
 # default worker at 256.
 INLINE_PERIOD = 1024
 # A live run must match file mode for this long before its first mismatch (see file_mode_problems).
