@@ -370,18 +370,21 @@ def test_inline_passthrough_and_big_host_blocks():
         np.testing.assert_array_equal(out, np.repeat(x, 2, axis=1))
 
 
+class BothFlags:
+    """A PortAudio callback status with both flags set, as JACK reports every xrun."""
+
+    input_overflow, output_underflow = True, True
+
+    def __bool__(self) -> bool:
+        return True
+
+
 def test_xrun_flags_are_counted_once_per_callback():
     from stream.devices import Layout
 
-    class Flags:
-        input_overflow, output_underflow = True, True
-
-        def __bool__(self):
-            return True
-
     proc = InlineProcessor(Layout(1, 1, 1), 48000, None)
     x = np.zeros((64, 1), np.float32)
-    proc(x, x.copy(), 64, None, Flags())
+    proc(x, x.copy(), 64, None, BothFlags())
     c = proc.counters
     assert (c.host_xruns, c.input_overflows, c.output_underflows) == (1, 1, 1)
 
@@ -434,15 +437,6 @@ def test_summary_json_is_complete(tmp_path):
     assert s["cpu_steal"] == 0.0 and "steal" not in text
     busy_host = make_summary(proc, 1.5, 48000, 0, 0.0107, 1615, setup, steal_fraction=0.1234)
     assert busy_host["cpu_steal"] == 0.1234 and "withheld 12.3% of the CPU time (steal)" in format_summary(busy_host)
-
-
-class BothFlags:
-    """A PortAudio callback status with both flags set, as JACK reports every xrun."""
-
-    input_overflow, output_underflow = True, True
-
-    def __bool__(self) -> bool:
-        return True
 
 
 def test_summary_says_what_the_xrun_count_counts():
