@@ -7,6 +7,9 @@
   ``stream/model.py``'s choices (``docs/onnxruntime.md``).
 - ``python -m benchmarks.lstm_cost``: what a step costs on this CPU (the LSTM's weight traffic) and
   what int8 weights would buy (``docs/onnxruntime.md``, last section).
+- ``python -m benchmarks.live_measure``: ``dereverb live`` through a JACK server it starts itself:
+  added latency, load and xruns against pass-through (``docs/live.md``); its JACK server, probe and
+  analysis also drive the live-mode tests.
 """
 
 

@@ -2,7 +2,7 @@
 
     python -m benchmarks.start_state [MODEL.onnx]
 
-On the probe clip at 48 kHz (stream.live_measure): window errors (per 256-sample window, relative)
+On the probe clip at 48 kHz (benchmarks.live_measure): window errors (per 256-sample window, relative)
 of the output after 10 s and 120 s more silence than the rest state, against the output right after
 it (the live-vs-file test fails a window above 0.02); the effect of shifting the input by 1 sample and
 by half a framing hop; and, at 16 kHz, the largest change after 3 s and 9 s more silence relative to
@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 from stream import dereverb_array
-from stream.live_measure import probe_signal, window_errors
+from benchmarks.live_measure import probe_signal, window_errors
 from stream.model import StepModel
 
 

@@ -278,7 +278,8 @@ def _run_live(args: argparse.Namespace) -> int:
     import os
 
     from stream.devices import AudioDeviceError
-    from stream.live import LiveConfig, format_summary, prepare, run_live, write_stats
+    from stream.live import LiveConfig, prepare, run_live
+    from stream.live_report import format_summary, write_stats
 
     if args.list_devices:
         return _run_devices(args)

@@ -1,7 +1,9 @@
-"""Audio devices for live mode: importing PortAudio safely, listing devices, choosing them and their layout.
+"""Audio devices for live mode: importing PortAudio safely, listing devices, choosing them, their layout
+and the stream's rate.
 
-Everything here except ``import_sounddevice`` is pure: it works on plain lists of ``DeviceInfo`` so device
-selection, channel layout and the error messages are testable without PortAudio or a sound card.
+Device selection and channel layout are pure: they work on plain lists of ``DeviceInfo``, so they and
+their error messages are testable without PortAudio or a sound card. Listing devices and choosing the
+rate ask the sounddevice module they are given (a stand-in in the tests).
 
 sounddevice is imported only through ``import_sounddevice`` (live mode and ``dereverb devices``), never at
 module import, so file mode keeps working on a machine without PortAudio.
@@ -71,6 +73,16 @@ class Layout:
     channels: int
     input_channels: int
     output_channels: int
+
+
+@dataclass(frozen=True)
+class StreamSetup:
+    """What a live stream opens: the two devices, the channel layout and the rate in Hz."""
+
+    in_dev: DeviceInfo
+    out_dev: DeviceInfo
+    layout: Layout
+    samplerate: int
 
 
 # ------------------------------------------------------------------------------------------ PortAudio
@@ -242,3 +254,68 @@ def format_devices(devices: Sequence[DeviceInfo], default_in: int | None, defaul
                      f"{d.max_input_channels:>3}  {d.max_output_channels:>3}  {d.default_samplerate:>6.0f}")
     lines.append("  > default input, < default output, * both")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ the stream
+def choose_stream(sd: ModuleType, input_device: int | str | None, output_device: int | str | None,
+                  channels: int | None, samplerate: int | None) -> StreamSetup:
+    """Resolve devices, channels and rate, and check the devices accept them (before any model loads).
+
+    Args:
+        sd: the sounddevice module (``import_sounddevice()``).
+        input_device / output_device: index, name substring, or None for the default device.
+        channels: channels to process, or None for min(2, input channels, output channels).
+        samplerate: stream rate in Hz, or None for the devices' own rate.
+    Raises:
+        AudioDeviceError: with one line saying what is wrong.
+    """
+    devices, default_in, default_out = query_devices(sd)
+    in_dev = resolve_device(input_device, "input", devices, default_in)
+    out_dev = resolve_device(output_device, "output", devices, default_out)
+    layout = choose_layout(in_dev, out_dev, channels)
+    rate = choose_samplerate(sd, in_dev, out_dev, layout, samplerate)
+    return StreamSetup(in_dev, out_dev, layout, rate)
+
+
+def choose_samplerate(sd: ModuleType, in_dev: DeviceInfo, out_dev: DeviceInfo, layout: Layout,
+                      requested: int | None) -> int:
+    """The requested rate; else the input device's own rate, the output's, then 48000 and 44100 Hz,
+    whichever both devices accept first (the engine resamples any of them to the model's rate).
+
+    Raises:
+        AudioDeviceError: the requested rate is refused, or no candidate suits both devices.
+    """
+    if requested:
+        if not 8000 <= requested <= 384000:
+            raise AudioDeviceError(f"--samplerate {requested} Hz is outside 8 kHz..384 kHz")
+        problem = _check(sd, in_dev, out_dev, layout, requested)
+        if problem is not None:
+            raise AudioDeviceError(problem)
+        return requested
+    candidates = list(dict.fromkeys([int(in_dev.default_samplerate), int(out_dev.default_samplerate), 48000, 44100]))
+    problems = []
+    for rate in candidates:
+        problem = _check(sd, in_dev, out_dev, layout, rate) if 8000 <= rate <= 384000 else "out of range"
+        if problem is None:
+            return rate
+        problems.append(problem)
+    if in_dev.index == out_dev.index:
+        raise AudioDeviceError(problems[0])  # one device refusing its own rate: its specific reason is clearest
+    tried = ", ".join(str(r) for r in candidates)
+    raise AudioDeviceError(f"input {in_dev.label()} and output {out_dev.label()} share no sample rate "
+                           f"(tried {tried} Hz); choose one with --samplerate")
+
+
+def _check(sd: ModuleType, in_dev: DeviceInfo, out_dev: DeviceInfo, layout: Layout, rate: int) -> str | None:
+    for kind, dev, ch, check in (("input", in_dev, layout.input_channels, sd.check_input_settings),
+                                 ("output", out_dev, layout.output_channels, sd.check_output_settings)):
+        try:
+            check(device=dev.index, channels=ch, samplerate=rate, dtype="float32")
+        except Exception as exc:  # sd.PortAudioError or ValueError, both carry PortAudio's reason
+            reason = str(exc).split(" [PaErrorCode")[0]
+            if "sample rate" in reason.lower():
+                return f"{kind} device {dev.label()} does not support {rate} Hz (try --samplerate)"
+            if "channels" in reason.lower():
+                return f"{kind} device {dev.label()} does not support {ch} channel(s) (try --channels)"
+            return f"{kind} device {dev.label()} refuses {ch} channel(s) at {rate} Hz: {reason}"
+    return None

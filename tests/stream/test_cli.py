@@ -183,7 +183,7 @@ def test_interrupt_leaves_no_partial_output(tmp_path, sig, code):
     import signal
     import time
 
-    from stream.live_measure import default_sigint
+    from benchmarks.live_measure import default_sigint
 
     src = tmp_path / "long.wav"
     sf.write(str(src), speechlike(120.0, 48000, 2, seed=9), 48000, subtype="PCM_16")

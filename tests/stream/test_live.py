@@ -21,10 +21,11 @@ import numpy as np
 import pytest
 
 from stream import cli
-from stream.devices import (AudioDeviceError, DeviceInfo, _quiet_stderr, choose_layout, format_devices,
-                            import_sounddevice, parse_device, resolve_device)
-from stream.live import (Controls, Fifo, InlineProcessor, LiveConfig, TimingRing, WorkerProcessor, _Setup,
-                         choose_samplerate, format_summary, make_summary, prepare, write_stats)
+from stream.devices import (AudioDeviceError, DeviceInfo, StreamSetup, _quiet_stderr, choose_layout,
+                            choose_samplerate, format_devices, import_sounddevice, parse_device, resolve_device)
+from stream.live import Fifo, InlineProcessor, LiveConfig, WorkerProcessor, prepare
+from stream.live_report import TimingRing, format_summary, make_summary, write_stats
+from stream.live_ui import Controls
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIRED_KEYS = {"duration_s", "xruns", "input_overflows", "output_underflows", "block_ms", "latency_ms",
@@ -369,18 +370,21 @@ def test_inline_passthrough_and_big_host_blocks():
         np.testing.assert_array_equal(out, np.repeat(x, 2, axis=1))
 
 
+class BothFlags:
+    """A PortAudio callback status with both flags set, as JACK reports every xrun."""
+
+    input_overflow, output_underflow = True, True
+
+    def __bool__(self) -> bool:
+        return True
+
+
 def test_xrun_flags_are_counted_once_per_callback():
     from stream.devices import Layout
 
-    class Flags:
-        input_overflow, output_underflow = True, True
-
-        def __bool__(self):
-            return True
-
     proc = InlineProcessor(Layout(1, 1, 1), 48000, None)
     x = np.zeros((64, 1), np.float32)
-    proc(x, x.copy(), 64, None, Flags())
+    proc(x, x.copy(), 64, None, BothFlags())
     c = proc.counters
     assert (c.host_xruns, c.input_overflows, c.output_underflows) == (1, 1, 1)
 
@@ -389,7 +393,7 @@ def test_xrun_flags_are_counted_once_per_callback():
 @pytest.mark.parametrize("phase", [0, 5, 767])
 def test_file_mode_reference_finds_the_framing_phase(default_model, phase):
     from stream.engine import dereverb_array
-    from stream.live_measure import file_mode_reference, probe_signal
+    from benchmarks.live_measure import file_mode_reference, probe_signal
 
     x = probe_signal(48000, 2.0)
     heard = dereverb_array(np.concatenate([np.zeros(768 * 10 + phase, np.float32), x]), 48000, model=default_model)
@@ -416,8 +420,8 @@ def test_summary_json_is_complete(tmp_path):
     x = np.zeros((256, 1), np.float32)
     for _ in range(10):
         proc(x, np.zeros((256, 2), np.float32), 256, None, None)
-    setup = _Setup(DEVICES[0], DEVICES[0], Layout(1, 1, 2), 48000)
-    s = make_summary(proc, 1.5, 48000, 0, 0.0107, 1615, setup, LiveConfig())
+    setup = StreamSetup(DEVICES[0], DEVICES[0], Layout(1, 1, 2), 48000)
+    s = make_summary(proc, 1.5, 48000, 0, 0.0107, 1615, setup)
     assert REQUIRED_KEYS <= s.keys()
     assert set(s["block_ms"]) == {"p50", "p99", "max"}
     assert set(s["latency_ms"]) == {"total", "device", "algorithmic", "buffering"}
@@ -431,12 +435,39 @@ def test_summary_json_is_complete(tmp_path):
     for word in ("duration", "xruns", "input overflows", "p50", "p99", "max", "device", "algorithmic", "buffering"):
         assert word in text
     assert s["cpu_steal"] == 0.0 and "steal" not in text
-    busy_host = make_summary(proc, 1.5, 48000, 0, 0.0107, 1615, setup, LiveConfig(), steal_fraction=0.1234)
+    busy_host = make_summary(proc, 1.5, 48000, 0, 0.0107, 1615, setup, steal_fraction=0.1234)
     assert busy_host["cpu_steal"] == 0.1234 and "withheld 12.3% of the CPU time (steal)" in format_summary(busy_host)
 
 
+def test_summary_says_what_the_xrun_count_counts():
+    """One callback flagged for both an input overflow and an output underflow is one xrun, and the
+    summary's xruns line says so (and, in worker mode, adds the late and dropped blocks), instead of
+    printing a total of 1 beside 1 overflow and 1 underflow without saying why."""
+    from stream.devices import Layout
+
+    setup = StreamSetup(DEVICES[0], DEVICES[0], Layout(1, 1, 1), 48000)
+    x = np.zeros((256, 1), np.float32)
+    inline = InlineProcessor(Layout(1, 1, 1), 48000, None)
+    inline(x, x.copy(), 256, None, BothFlags())
+    s = make_summary(inline, 1.0, 48000, 0, 0.0, 0, setup)
+    assert (s["xruns"], s["host_xruns"], s["input_overflows"], s["output_underflows"]) == (1, 1, 1, 1)
+    line = next(t for t in format_summary(s).splitlines() if t.startswith("xruns"))
+    assert line == ("xruns        1 = 1 callback the host flagged (input overflows in 1, output underflows in 1; "
+                    "a callback with both flags counts once)")
+
+    proc = worker(target=512)
+    proc(x, x.copy(), 256, None, BothFlags())
+    for _ in range(3):  # the worker never runs: the primed 512 frames last two blocks, then blocks are late
+        call(proc, x)
+    s = make_summary(proc, 1.0, 48000, 0, 0.0, 0, setup)
+    assert (s["host_xruns"], s["fifo_underruns"], s["input_drops"], s["xruns"]) == (1, 2, 0, 3)
+    line = next(t for t in format_summary(s).splitlines() if t.startswith("xruns"))
+    assert line == ("xruns        3 = 1 callback the host flagged (input overflows in 1, output underflows in 1; "
+                    "a callback with both flags counts once) + 2 late blocks + 0 dropped blocks")
+
+
 def test_inline_overrun_hint_only_when_inline_blocks_missed_their_deadline():
-    from stream.live import inline_overrun_hint
+    from stream.live_report import inline_overrun_hint
 
     def summary(mode: str, xruns: int, p99: float) -> dict:
         return {"mode": mode, "xruns": xruns, "load": {"mean": 0.2, "p99": p99, "max": 2 * p99}}
@@ -444,7 +475,8 @@ def test_inline_overrun_hint_only_when_inline_blocks_missed_their_deadline():
     hint = inline_overrun_hint(summary("inline", 12, 1.8))
     assert "180%" in hint and "--buffer-ms 20" in hint
     assert hint in format_summary({**summary("inline", 12, 1.8), "duration_s": 5.0, "samplerate": 48000,
-                                   "input_overflows": 12, "output_underflows": 0, "blocksize": 256,
+                                   "host_xruns": 12, "input_overflows": 12, "output_underflows": 0,
+                                   "blocksize": 256,
                                    "block_ms": {"p50": 0.4, "p99": 9.6, "max": 19.0},
                                    "latency_ms": {"total": 39.0, "device": 5.3, "algorithmic": 33.6,
                                                   "buffering": 0.0}})
@@ -469,18 +501,18 @@ def test_controls_keys():
 RATE, PERIOD = 48000, 256
 # Inline mode (--buffer-ms 0) runs the model step inside the callback, so it keeps its deadline only
 # where the step's worst case, with the machine's scheduling noise, fits one period. On a shared
-# nested-virtualisation VM (session 16, docs/live.md "On a shared VM host") its p99 callback at 256
-# frames (5.33 ms) was 2.2-2.8 ms in quiet minutes but 6-14 ms while the host stole CPU time. Even a
-# steal of 2.5-3 %, below STEAL_MAX, made a thread waking every 5.33 ms late by 2.4-2.8 ms at p99, which
+# nested-virtualisation VM (docs/live.md, "On a shared VM host") its p99 callback at 256 frames
+# (5.33 ms) measures 2.2-2.8 ms in quiet minutes but 6-14 ms while the host steals CPU time. Even a
+# steal of 2.5-3 %, below STEAL_MAX, makes a thread waking every 5.33 ms late by 2.4-2.8 ms at p99, which
 # is all the headroom inline has at 256 frames. That is the machine's speed, which the benchmark
-# (stream.live_measure) reports. At 1024 frames (21.3 ms), where each callback also runs one or two
-# model steps, the same VM had 1 xrun in 32 s (pass-through 0), so inline is tested there; the
+# (benchmarks.live_measure) reports. At 1024 frames (21.3 ms), where each callback also runs one or two
+# model steps, the same VM measures 1 xrun in 32 s (pass-through 0), so inline is tested there; the
 # default worker at 256.
 INLINE_PERIOD = 1024
 # A live run must match file mode for this long before its first mismatch (see file_mode_problems).
 MIN_CLEAN_S = 1.0
 # Above this share of CPU time stolen by the hypervisor during the pass-through run
-# (stream.live.cpu_steal_seconds), xruns are the host's, not the client's: the attempt is retried,
+# (stream.live_report.cpu_steal_seconds), xruns are the host's, not the client's: the attempt is retried,
 # not judged.
 STEAL_MAX = 0.05
 
@@ -509,7 +541,7 @@ class JackRig:
         self.unavailable: str | None = None  # why no server could start, once known
 
     def server_at(self, period: int):
-        from stream.live_measure import JackServer, JackUnavailable
+        from benchmarks.live_measure import JackServer, JackUnavailable
 
         if self.unavailable is not None:
             pytest.skip(f"no JACK server could be started: {self.unavailable}")
@@ -526,7 +558,7 @@ class JackRig:
         return server
 
     def portaudio_at(self, period: int):
-        from stream.live_measure import JackUnavailable, portaudio_for_jack
+        from benchmarks.live_measure import JackUnavailable, portaudio_for_jack
 
         server = self.server_at(period)
         if self._portaudio is None:
@@ -578,7 +610,7 @@ def file_mode_problems(name: str, errs: np.ndarray, events: int, period: int = P
 
     An xrun loses or repeats a period of the stream's input. The model's state then takes a moment to
     converge, and the STFT's framing phase moves by a period for the rest of the run, so every later
-    window differs from the file-mode reference (see stream.live_measure.file_mode_reference): one bad
+    window differs from the file-mode reference (see benchmarks.live_measure.file_mode_reference): one bad
     stretch per xrun, which may last to the end. So the run must match file mode until its first
     mismatch, for at least ``MIN_CLEAN_S``, and every bad stretch (bad windows closer than 1 s count as
     one) must be explained by an xrun. A broken live path (wrong state, lost or reordered blocks) fails
@@ -625,20 +657,20 @@ def test_file_mode_problems_judges_the_error_pattern(period):
 
 
 def test_cpu_steal_seconds_reads_the_steal_column():
-    from stream.live import cpu_steal_seconds
+    from stream.live_report import cpu_steal_seconds
 
     hz = os.sysconf("SC_CLK_TCK")
     assert cpu_steal_seconds(f"cpu  100 0 50 1000 7 0 3 {2 * hz} 0 0\ncpu0 1 2 3\n") == pytest.approx(2.0)
     assert cpu_steal_seconds("cpu  100 0 50 1000\n") == 0.0  # a kernel without the column
     a = cpu_steal_seconds()
     assert 0.0 <= a <= cpu_steal_seconds()
-    from stream.live import steal_share
+    from stream.live_report import steal_share
 
     assert 0.0 <= steal_share(a, 1.0) <= 1.0
 
 
 def test_live_measure_table_sums_rounds_against_pass_through(capsys):
-    from stream.live_measure import print_table
+    from benchmarks.live_measure import print_table
 
     def row(mode: str, rnd: int, lag: int, xruns: int, steal: float, total_ms: float) -> dict:
         return {"period": 256, "round": rnd, "mode": mode, "measured_lag_frames": lag, "xruns": xruns,
@@ -690,7 +722,7 @@ def test_live_through_jack_matches_file_mode(jack_rig, tmp_path, mode):
 
 def _run_probe_test(rig: JackRig, tmp_path: Path, mode: str, match_file_mode: bool) -> None:
     from stream.engine import dereverb_array
-    from stream.live_measure import Probe, probe_signal
+    from benchmarks.live_measure import Probe, probe_signal
 
     args, period = LIVE_MODES[mode]
     server, sd = rig.server_at(period), rig.portaudio_at(period)
@@ -724,7 +756,7 @@ def _live_runs_through_jack(jack, probe, x: np.ndarray, expected: np.ndarray, tm
     """One pass-through run and one run of ``mode`` (``args``) on the same server; asserts what is
     deterministic and returns the scheduling-dependent problems found, and each run's CPU steal fraction
     (``LiveRun.steal_fraction``) by name."""
-    from stream.live_measure import file_mode_reference, find_lag, run_live_through_jack, window_errors
+    from benchmarks.live_measure import file_mode_reference, find_lag, run_live_through_jack, window_errors
 
     period = jack.period
     tmp.mkdir()
@@ -796,7 +828,7 @@ def test_devices_lists_jack(jack):
 
 def test_device_disappearing_ends_cleanly_with_the_summary(tmp_path):
     """The audio server quits mid-stream: one error line, the summary, the stats, exit 1, no hang."""
-    from stream.live_measure import LIVE_CLIENT, JackServer, JackUnavailable
+    from benchmarks.live_measure import LIVE_CLIENT, JackServer, JackUnavailable
 
     server = JackServer(RATE, PERIOD, name=f"dereverb-test-vanish-{os.getpid()}")
     try:
@@ -892,9 +924,9 @@ def _inet_socket_inodes() -> set[str]:
 def test_live_mode_opens_no_network_port(jack):
     """While streaming through the model, the live process holds no TCP/UDP/raw socket (only the audio
     server's local UNIX sockets)."""
-    from stream.live_measure import LIVE_CLIENT
+    from benchmarks.live_measure import LIVE_CLIENT
 
-    from stream.live_measure import default_sigint
+    from benchmarks.live_measure import default_sigint
 
     proc = subprocess.Popen(live_cmd("--duration", "20"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, text=True, env=env_for(jack), preexec_fn=default_sigint)

@@ -1,6 +1,6 @@
 """Measure ``dereverb live`` through a real JACK server: added latency, processing load, xruns.
 
-    python -m stream.live_measure --periods 128 256 --seconds 60 --out live_measure.json
+    python -m benchmarks.live_measure --periods 128 256 --seconds 60 --out live_measure.json
 
 For each JACK period it starts ``jackd --no-realtime -d dummy -r RATE -p PERIOD`` (stopped by its PID at
 the end), then runs ``dereverb live`` as a subprocess, once as a pass-through baseline and once per
@@ -9,8 +9,10 @@ the bundled reverberant clip into ``dereverb:in_0`` and records ``dereverb:out_0
 ``jack_connect``. The lag of the recording is measured by cross-correlation against the expected
 output (the input itself for pass-through, file mode's output otherwise).
 
-The same pieces (``JackServer``, ``Probe``, ``run_live_through_jack``) drive the live-mode tests.
-Needs the Debian packages jackd2 and libportaudio2.
+The same pieces (``JackServer``, ``Probe``, ``run_live_through_jack``) drive the live-mode tests. A
+measurement harness, not part of the installed runtime: it re-initialises PortAudio in this process
+through sounddevice's private ``_initialize``/``_terminate`` (see ``portaudio_for_jack``), which the
+runtime never does. Needs the Debian packages jackd2 and libportaudio2.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from stream.devices import JACK_CLIENT_NAME, import_sounddevice, set_jack_client_name
-from stream.live import cpu_steal_seconds, steal_share
+from stream.live_report import cpu_steal_seconds, steal_share
 
 PROBE_CLIENT_NAME = b"dereverb-probe"  # constant: PortAudio keeps the pointer (see devices.JACK_CLIENT_NAME)
 LIVE_CLIENT = JACK_CLIENT_NAME.decode()
@@ -320,7 +322,7 @@ def probe_signal(rate: int, seconds: float) -> np.ndarray:
 class LiveRun:
     """One ``dereverb live`` run through JACK: its JSON summary and what the probe saw.
 
-    ``steal_fraction``: hypervisor steal while the probe played and recorded (``stream.live.steal_share``)."""
+    ``steal_fraction``: hypervisor steal while the probe played and recorded (``stream.live_report.steal_share``)."""
 
     summary: dict[str, Any]
     recording: np.ndarray
@@ -454,7 +456,7 @@ def print_table(rows: list[dict], rate: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stream.live_measure", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m benchmarks.live_measure", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--periods", type=int, nargs="+", default=[128, 256], help="JACK periods (frames)")
     p.add_argument("--seconds", type=float, default=60.0, help="signal length per run (s)")
