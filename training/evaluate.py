@@ -1060,6 +1060,9 @@ def timing_text(result: dict[str, Any]) -> str:
                                                        for k, v in sorted(t["metric_seconds_per_call"].items())),
              "system RTF (1 thread, with other workers running): " + ", ".join(
                  f"{s} {v['rtf']:.4f}" for s, v in t["systems"].items() if s != "unprocessed")]
+    if "warm_proc_seconds" in t:
+        lines.append("processing of the warm streams (s): " + ", ".join(
+            f"{s} {v:.1f}" for s, v in t["warm_proc_seconds"].items() if s != "unprocessed"))
     return "\n".join(lines)
 
 
@@ -1111,7 +1114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                    f"seed {cfg.seed}, "
                                                    + (f"{cfg.warmup:g} s warm-up)" if cfg.warmup > 0 else "cold start)"))
     if result.get("warm"):
-        md += warm_markdown_table(result["warm"]) + "\n"
+        md += "\n" + warm_markdown_table(result["warm"]) + "\n"
     md += targets_table(result["summary"], result.get("warm")) + "\n"
     md += "\n" + "```\n" + timing_text(result) + "\n```\n"
     print(md)
