@@ -434,7 +434,8 @@ def time_to_gain(starts: np.ndarray, gains: np.ndarray, plateau_from: float, fra
     gain is at least ``fraction`` times the plateau: 0 means the first window already has it; the
     window length is the resolution. Returns ``(seconds, plateau_db)``; seconds is None when the
     plateau is below ``min_plateau_db`` (no gain to reach) or the smoothed curve never reaches it,
-    and both are None without a valid late window."""
+    and both are None without a valid late window. A plateau of a few tenths of a dB is within the
+    window-to-window spread of the gain, so its time says little: read the time with its plateau."""
     starts, gains = np.asarray(starts, float), np.asarray(gains, float)
     late = gains[(starts >= plateau_from - 1e-9) & np.isfinite(gains)]
     if late.size == 0:
