@@ -6,9 +6,9 @@
 and gives and how it was trained; quality is measured afterwards, through the runtime, by
 ``python -m training.evaluate --model models/NAME.onnx --out docs/eval/NAME.json``. This step reads that
 result file and writes into the card (beside the .onnx and inside it) its tables (``metrics``: the
-evaluation's config, test set and summary, and the source file), the targets it checked, the music
-gate's measured pass-through share on a noise floor (``noise_floor_pass_share``), and the
-``known_limits`` those imply. It reads files only: export imports nothing from evaluation.
+evaluation's config, test set and summary, its warm streams' section when it has one, and the source
+file), the targets it checked, the music gate's measured pass-through share on a noise floor
+(``noise_floor_pass_share``), and the ``known_limits`` those imply. It reads files only: export imports nothing from evaluation.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from pathlib import Path
 from export.onnx_export import attach_card, known_limits
 from training.model import ModelConfig
 
-# What of an evaluation's result goes on the card: its tables, not its per-example rows.
-CARD_METRICS: tuple[str, ...] = ("config", "test_set", "summary", "targets")
+# What of an evaluation's result goes on the card: its tables, not its per-example rows. ``warm`` (the
+# warm streams: scored metrics, time to the gain, median windowed-gain curves per RT60 bin) is there
+# only when the evaluation ran them.
+CARD_METRICS: tuple[str, ...] = ("config", "test_set", "summary", "warm", "targets")
 
 
 def release_card(card: dict, evaluation: dict, source: str) -> dict:

@@ -5,6 +5,7 @@ Usage::
     python -m training.evaluate --model models/NAME.onnx \\
         --corpus /work/data/corpus --rooms /work/data/rooms \\
         [--split test] [--count 96] [--seed 0] [--seconds 6] [--warmup 0] [--jobs 2] \\
+        [--warm-seconds 12] [--warm-score-from 4] [--no-warm] \\
         [--out docs/eval/NAME.json] [--markdown docs/eval/NAME.md] [--no-baselines] [--no-dnsmos]
 
 Test set (deterministic for a given corpus, rooms, split, count, seed, seconds and warmup):
@@ -33,6 +34,21 @@ Every example starts from a fresh system state (cold start) unless ``--warmup S`
 seconds of other audio (same speaker group / other music, same room and mixing) are
 processed first and not scored, which measures the steady state of adaptive systems
 (online WPE needs 1-2 s to converge; it loses several dB in a cold 6 s example).
+
+Warm streams (on unless ``--no-warm``): users stream for minutes, and an adaptive system (online
+WPE, a late-reverberation predictor) learns the room within seconds, which a cold clip never shows.
+For every reverberant speech example, a ``--warm-seconds`` stream (12 s) of the same talker's
+held-out speech through the same room is built (:func:`build_warm_stream`: the example's utterance
+whole, then the talker's other held-out utterances, 0.2-0.8 s pauses between them, reverberated as
+one signal so the room's tail carries across the joins; the training mixing, as for the cold clip).
+Every system processes the stream in one pass from its rest state; the metrics above (SI-SDR vs
+early-50 and direct, PESQ-WB, ESTOI; no DNSMOS) are taken on the part after ``--warm-score-from``
+seconds (4 s). How fast the gain comes is measured on the whole stream (:func:`windowed_gain`,
+:func:`time_to_gain`): the dSI-SDR gain over the input in 1 s windows every 0.5 s, its plateau
+(median over the windows in the stream's second half) and the start of the first window whose gain
+(running median over three windows) reaches 90 % of that plateau; per RT60 bin the median of that
+time over examples, and the median curve. A system without adaptation (a mask network) reads about 0 s. The JSON gets a ``warm``
+section (config and per-bin summary), the Markdown a warm table after the cold one.
 
 Examples are split into ``--jobs`` interleaved shards, one worker process each (one
 thread per worker for numpy/onnxruntime, so RTFs are single-threaded figures measured
@@ -96,6 +112,14 @@ class EvalConfig:
     baselines: bool = True
     dnsmos: bool = True
     jobs: int = 2
+    # Warm streams (module docstring): length and scored start, seconds; the windowed gain's window
+    # and hop, seconds, and the share of the plateau whose time of arrival is reported.
+    warm: bool = True
+    warm_seconds: float = 12.0
+    warm_score_from: float = 4.0
+    warm_window: float = 1.0
+    warm_hop: float = 0.5
+    warm_fraction: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -113,6 +137,9 @@ class ExampleSpec:
     drr_db: float | None
     seed: int  # per-example seed for crop and mixing augmentations
     warmup_path: str | None = None  # absolute path of the clip that precedes it (--warmup)
+    # Reverb examples: the talker's held-out clips for the warm stream, absolute paths in stream
+    # order: this example's clip, the same voice's other clips, then its speaker group's.
+    stream_paths: tuple[str, ...] = ()
 
 
 def rt60_bin(rt60: float) -> str:
@@ -239,6 +266,21 @@ def plan_examples(cfg: EvalConfig) -> list[ExampleSpec]:
         # another clip of the same kind (same speaker if possible); itself only as a last resort
         others = next((o for o in ([p for p in pool if p != sp.clip_path] for pool in pools) if o), [sp.clip_path])
         out.append(dataclasses.replace(sp, warmup_path=others[int(wrng.integers(len(others)))]))
+
+    # Warm-stream clips, also from their own generator (the cold plan stays as it is).
+    srng = np.random.default_rng([cfg.seed, 2])
+    by_path = {str(corpus / c["path"]): c for c in speech}
+    for k, sp in enumerate(out):
+        if sp.kind != "reverb":
+            continue
+        clip = by_path[sp.clip_path]
+        same_voice = [str(corpus / c["path"]) for c in by_voice[speaker_key(clip)]
+                      if c.get("voice") == clip.get("voice") and str(corpus / c["path"]) != sp.clip_path]
+        same_group = [str(corpus / c["path"]) for c in by_voice[speaker_key(clip)]
+                      if c.get("voice") != clip.get("voice")]
+        srng.shuffle(same_voice)
+        srng.shuffle(same_group)
+        out[k] = dataclasses.replace(sp, stream_paths=(sp.clip_path, *same_voice, *same_group))
     return out
 
 
@@ -300,6 +342,114 @@ def build_example(spec: ExampleSpec, seconds: float, warmup: float = 0.0) -> dic
     lo = start - n_warm
     return {"input": ex.mixture[lo:stop], "early": ex.early[lo:stop], "direct": ex.direct[lo:stop],
             "score_from": n_warm, "info": info}
+
+
+WARM_PAUSE_SECONDS = (0.2, 0.8)  # silence between the utterances of a warm stream (uniform)
+
+
+def build_warm_stream(spec: ExampleSpec, seconds: float, score_from: float) -> dict[str, Any]:
+    """The warm stream of reverberant example ``spec``: ``seconds`` of its talker's held-out speech
+    through its room.
+
+    The dry stream is ``spec.stream_paths`` in order (this example's clip whole first), cycled if
+    they are too short, with a seeded pause of ``WARM_PAUSE_SECONDS`` of digital silence after each
+    utterance, cut to ``seconds``. It is reverberated as one signal with the room's RIR and the
+    training mixing (level, EQ and noise drawn once for the stream; no anechoic replacement), so the
+    reverberant tail of one utterance runs into the pause and the next.
+
+    Returns ``{"input", "early", "direct", "dry": float32 [n], "score_from": int (samples), "info":
+    dict}`` with ``n = seconds * 16000``; metrics use ``[score_from:]``, the time-to-gain measure
+    the whole stream. ``info`` names the clips (``clips``, their start ``clip_starts`` in samples)
+    and the room."""
+    from training.mixing import MixConfig, make_example
+
+    if spec.kind != "reverb" or not spec.stream_paths:
+        raise ValueError(f"example {spec.index} ({spec.kind}) has no warm stream")
+    if not 0.0 <= score_from < seconds:
+        raise ValueError(f"warm scored start {score_from} s must lie in [0, {seconds}) s")
+    rng = np.random.default_rng([spec.seed, 2])
+    n = int(round(seconds * SAMPLE_RATE))
+    parts: list[np.ndarray] = []
+    clips: list[str] = []
+    starts: list[int] = []
+    total, k = 0, 0
+    while total < n:
+        path = spec.stream_paths[k % len(spec.stream_paths)]
+        x = _read_audio(path)
+        pause = np.zeros(int(round(rng.uniform(*WARM_PAUSE_SECONDS) * SAMPLE_RATE)), np.float32)
+        clips.append(path)
+        starts.append(total)
+        parts += [x, pause]
+        total += len(x) + len(pause)
+        k += 1
+    dry = np.concatenate(parts)[:n]
+    import soundfile as sf
+
+    rir, sr = sf.read(spec.room_path, dtype="float32", always_2d=True)
+    if sr != SAMPLE_RATE:
+        raise ValueError(f"{spec.room_path}: expected {SAMPLE_RATE} Hz, got {sr}")
+    mix_cfg = dataclasses.replace(MixConfig(), anechoic_prob=0.0)
+    ex = make_example(dry, rir[:, 0], rng, mix_cfg, info={"rt60": spec.rt60})
+    info = {k: v for k, v in ex.info.items() if isinstance(v, (int, float, str, bool))}
+    info.update(room=spec.room_id, clips=[Path(c).name for c in clips], clip_starts=starts)
+    return {"input": ex.mixture, "early": ex.early, "direct": ex.direct, "dry": dry.astype(np.float32),
+            "score_from": int(round(score_from * SAMPLE_RATE)), "info": info}
+
+
+def windowed_gain(y: np.ndarray, x: np.ndarray, ref: np.ndarray, window: float = 1.0, hop: float = 0.5,
+                  min_rel_db: float = -10.0) -> tuple[np.ndarray, np.ndarray]:
+    """The SI-SDR gain of output ``y`` over input ``x`` against ``ref`` in consecutive windows.
+
+    ``y``, ``x``, ``ref``: float [n] at 16 kHz, aligned. Windows are ``window`` seconds long, start
+    every ``hop`` seconds from 0, and all lie inside the signal. Returns ``(starts, gains)``, both
+    float [k]: the window starts in seconds and ``si_sdr(y_w, ref_w) - si_sdr(x_w, ref_w)`` in dB.
+    A window whose reference energy is more than ``-min_rel_db`` dB below the reference's mean
+    energy per window (a pause) has no meaningful SI-SDR and gets NaN."""
+    from training.metrics import si_sdr
+
+    w, h = int(round(window * SAMPLE_RATE)), int(round(hop * SAMPLE_RATE))
+    if w <= 0 or h <= 0:
+        raise ValueError("window and hop must be positive")
+    n = min(len(y), len(x), len(ref))
+    k = 0 if n < w else (n - w) // h + 1
+    starts = np.arange(k) * h
+    energy = np.array([np.sum(np.square(ref[s:s + w], dtype=np.float64)) for s in starts])
+    floor = np.mean(energy) * 10 ** (min_rel_db / 10) if k else 0.0
+    gains = np.full(k, np.nan)
+    for i, s in enumerate(starts):
+        if energy[i] > floor and energy[i] > 0:
+            gains[i] = si_sdr(y[s:s + w], ref[s:s + w]) - si_sdr(x[s:s + w], ref[s:s + w])
+    return starts / SAMPLE_RATE, gains
+
+
+def time_to_gain(starts: np.ndarray, gains: np.ndarray, plateau_from: float, fraction: float = 0.9,
+                 min_plateau_db: float = 0.1) -> tuple[float | None, float | None]:
+    """How many seconds a stream takes to reach ``fraction`` of its final gain.
+
+    ``starts``, ``gains``: float [k], a :func:`windowed_gain` curve (seconds, dB; NaN = pause).
+    The plateau is the median gain of the windows starting at or after ``plateau_from`` seconds.
+    The curve is smoothed by a running median over three neighbouring windows (pauses left out), so
+    that one window of unusual content (an onset, a word's end into a pause) neither triggers nor
+    delays the answer on its own. The time is the start of the first window (from 0) whose smoothed
+    gain is at least ``fraction`` times the plateau: 0 means the first window already has it; the
+    window length is the resolution. Returns ``(seconds, plateau_db)``; seconds is None when the
+    plateau is below ``min_plateau_db`` (no gain to reach) or the smoothed curve never reaches it,
+    and both are None without a valid late window. A plateau of a few tenths of a dB is within the
+    window-to-window spread of the gain, so its time says little: read the time with its plateau."""
+    starts, gains = np.asarray(starts, float), np.asarray(gains, float)
+    late = gains[(starts >= plateau_from - 1e-9) & np.isfinite(gains)]
+    if late.size == 0:
+        return None, None
+    plateau = float(np.median(late))
+    if plateau < min_plateau_db:
+        return None, plateau
+    smooth = np.full(len(gains), np.nan)
+    for i in range(len(gains)):
+        near = gains[max(0, i - 1):i + 2]
+        if np.isfinite(gains[i]) and np.isfinite(near).any():
+            smooth[i] = np.median(near[np.isfinite(near)])
+    hit = np.flatnonzero(np.isfinite(smooth) & (smooth >= fraction * plateau))
+    return (float(starts[hit[0]]) if hit.size else None), plateau
 
 
 # --------------------------------------------------------------------------------------
@@ -397,13 +547,52 @@ class Evaluator:
         if spec.kind == "reverb" and self.scorer is not None:
             # DNSMOS ceiling: the (EQ'd, noise-free) direct-path reference itself.
             rec["reference_dnsmos"] = self._dnsmos(direct)
-        # Paired improvements over the input (same example, same reference).
-        base = rec["systems"]["unprocessed"]
-        for r in rec["systems"].values():
-            for key in ("si_sdr_direct", "si_sdr_early", "pesq", "estoi", "dnsmos_ovrl"):
-                if key in r and key in base:
-                    r["d_" + key] = r[key] - base[key]
+        _paired_deltas(rec["systems"])
+        if spec.kind == "reverb" and self.cfg.warm:
+            rec["warm"] = self.score_warm(spec)
         return rec
+
+    def score_warm(self, spec: ExampleSpec) -> dict[str, Any]:
+        """The warm-stream record of reverberant example ``spec`` (module docstring): scored metrics
+        after ``warm_score_from``, and per system the windowed gain curves vs early-50 and direct
+        with their plateau and time to ``warm_fraction`` of it."""
+        cfg, m = self.cfg, self.m
+        ex = build_warm_stream(spec, cfg.warm_seconds, cfg.warm_score_from)
+        x, s0 = ex["input"], int(ex["score_from"])
+        early, direct = ex["early"], ex["direct"]
+        rec: dict[str, Any] = {"seconds": len(x) / SAMPLE_RATE, "score_from": s0 / SAMPLE_RATE,
+                               "mix": ex["info"], "systems": {}}
+        for name, fn in self.systems.items():
+            t0 = time.perf_counter()
+            y = np.asarray(fn(x), dtype=np.float32)
+            proc = time.perf_counter() - t0
+            if y.shape != x.shape or not np.all(np.isfinite(y)):
+                raise RuntimeError(f"{name} returned a bad output on the warm stream of example {spec.index}")
+            r: dict[str, Any] = {"proc_seconds": proc}
+            r["si_sdr_direct"] = self._t("si_sdr", m.si_sdr, y[s0:], direct[s0:])
+            r["si_sdr_early"] = self._t("si_sdr", m.si_sdr, y[s0:], early[s0:])
+            r["pesq"] = self._t("pesq", m.pesq_wb, early[s0:], y[s0:], SAMPLE_RATE)
+            r["estoi"] = self._t("estoi", m.estoi, early[s0:], y[s0:], SAMPLE_RATE)
+            if name != "unprocessed":
+                for ref_name, ref in (("early", early), ("direct", direct)):
+                    starts, gains = windowed_gain(y, x, ref, cfg.warm_window, cfg.warm_hop)
+                    t, plateau = time_to_gain(starts, gains, len(x) / SAMPLE_RATE / 2, cfg.warm_fraction)
+                    r[f"window_gain_{ref_name}"] = gains.tolist()
+                    r[f"plateau_{ref_name}"] = plateau
+                    r[f"t_reach_{ref_name}"] = t
+                rec["window_starts"] = starts.tolist()
+            rec["systems"][name] = r
+        _paired_deltas(rec["systems"])
+        return rec
+
+
+def _paired_deltas(systems: dict[str, dict[str, Any]]) -> None:
+    """Add ``d_<metric>``: each system's improvement over the input on the same example and reference."""
+    base = systems["unprocessed"]
+    for r in systems.values():
+        for key in ("si_sdr_direct", "si_sdr_early", "pesq", "estoi", "dnsmos_ovrl"):
+            if key in r and key in base:
+                r["d_" + key] = r[key] - base[key]
 
 
 def _set_single_thread_env() -> None:
@@ -473,6 +662,80 @@ of the no-damage target, a subset of the first bin), ``dry`` and ``music``.
     return out
 
 
+def _median(values: list[Any]) -> float | None:
+    v = [x for x in values if x is not None and np.isfinite(x)]
+    return float(np.median(v)) if v else None
+
+
+def aggregate_warm(records: Sequence[dict[str, Any]], cfg: EvalConfig) -> dict[str, Any]:
+    """The ``warm`` section of a result from the records' warm streams (:meth:`Evaluator.score_warm`).
+
+    Returns ``{"config": the warm settings, "window_starts": [k] seconds, "summary": {group: {system:
+    row}}}`` over the RT60 bins and ``all_reverb``. A row holds the means of the scored metrics (as
+    :func:`aggregate`), and for each reference R in (early, direct): ``plateau_R`` (mean plateau, dB),
+    ``t_reach_R`` (median over examples of the time to ``warm_fraction`` of the plateau, s; examples
+    without a plateau above 0.1 dB are left out and ``t_reach_R_n`` counts the others),
+    ``window_gain_R`` (the median windowed gain over examples, per window, dB) and
+    ``t_reach_R_of_median`` (:func:`time_to_gain` of that median curve)."""
+    recs = [r for r in records if r.get("warm")]
+    conf = {"seconds": cfg.warm_seconds, "score_from": cfg.warm_score_from, "window": cfg.warm_window,
+            "hop": cfg.warm_hop, "fraction": cfg.warm_fraction, "plateau_from": cfg.warm_seconds / 2,
+            "pause_seconds": list(WARM_PAUSE_SECONDS)}
+    if not recs:
+        return {"config": conf, "window_starts": [], "summary": {}}
+    starts = next((r["warm"]["window_starts"] for r in recs if "window_starts" in r["warm"]), [])
+    groups: dict[str, list[dict]] = {}
+    for r in recs:
+        groups.setdefault(r["bin"], []).append(r)
+        groups.setdefault("all_reverb", []).append(r)
+    summary: dict[str, dict[str, Any]] = {}
+    for g in [b for b, _, _ in RT60_BINS] + ["all_reverb"]:
+        grp = groups.get(g, [])
+        if not grp:
+            continue
+        summary[g] = {}
+        for s in [s for s in SYSTEMS_ORDER if s in grp[0]["warm"]["systems"]]:
+            rows = [r["warm"]["systems"][s] for r in grp]
+            out: dict[str, Any] = {"n": len(rows)}
+            for k in ("si_sdr_direct", "d_si_sdr_direct", "si_sdr_early", "d_si_sdr_early", "pesq", "d_pesq",
+                      "estoi", "d_estoi"):
+                out[k] = _mean([row.get(k) for row in rows])
+            audio = sum(r["warm"]["seconds"] for r in grp)
+            out["rtf"] = sum(row["proc_seconds"] for row in rows) / audio if audio else None
+            for ref in ("early", "direct"):
+                curves = [row[f"window_gain_{ref}"] for row in rows if f"window_gain_{ref}" in row]
+                if not curves:
+                    continue
+                times = [row.get(f"t_reach_{ref}") for row in rows]
+                out[f"plateau_{ref}"] = _mean([row.get(f"plateau_{ref}") for row in rows])
+                out[f"t_reach_{ref}"] = _median(times)
+                out[f"t_reach_{ref}_n"] = sum(t is not None for t in times)
+                arr = np.array([[np.nan if v is None else v for v in c] for c in curves], dtype=float)
+                with np.errstate(all="ignore"):
+                    med = [None if not np.isfinite(arr[:, i]).any() else float(np.nanmedian(arr[:, i]))
+                           for i in range(arr.shape[1])]
+                out[f"window_gain_{ref}"] = med
+                curve = np.array([np.nan if v is None else v for v in med])
+                out[f"t_reach_{ref}_of_median"] = time_to_gain(np.asarray(starts), curve, conf["plateau_from"],
+                                                               cfg.warm_fraction)[0]
+            summary[g][s] = out
+    return {"config": conf, "window_starts": starts, "summary": summary}
+
+
+# Warm-stream bars: dSI-SDR vs early-50 on the scored part of the warm streams.
+WARM_TARGETS: tuple[tuple[str, float], ...] = ((RT60_BINS[1][0], 4.0), (RT60_BINS[2][0], 5.0))
+
+
+def check_warm_targets(warm: dict[str, Any]) -> list[dict[str, Any]]:
+    """Target rows (as :func:`check_targets`) for the warm streams of a result's ``warm`` section."""
+    rows = []
+    for group, bar in WARM_TARGETS:
+        value = warm.get("summary", {}).get(group, {}).get("ours", {}).get("d_si_sdr_early")
+        rows.append({"target": f"warm {group}: dSI-SDR vs early-50 (dB)", "value": value, "bar": f">= {bar:+.2f}",
+                     "met": None if value is None else bool(value >= bar)})
+    return rows
+
+
 # Metrics compared with WPE for "better than both WPE variants on every metric" (higher is better).
 COMPARED = ("d_si_sdr_direct", "d_si_sdr_early", "pesq", "estoi", "dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak")
 
@@ -520,9 +783,9 @@ def check_targets(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[st
     return rows
 
 
-def targets_table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
-    """Markdown table of :func:`check_targets`."""
-    rows = check_targets(summary)
+def targets_table(summary: dict[str, dict[str, dict[str, Any]]], warm: dict[str, Any] | None = None) -> str:
+    """Markdown table of :func:`check_targets` (and :func:`check_warm_targets` with a ``warm`` section)."""
+    rows = check_targets(summary) + (check_warm_targets(warm) if warm else [])
     lines = ["", "Quality targets:", "", "| target | measured | bar | met |", "|---|---|---|---|"]
     for r in rows:
         met = "-" if r["met"] is None else ("yes" if r["met"] else "**no**")
@@ -607,6 +870,49 @@ def markdown_table(summary: dict[str, dict[str, dict[str, Any]]], title: str = "
     return "\n".join(lines)
 
 
+def warm_markdown_table(warm: dict[str, Any]) -> str:
+    """Markdown tables of a result's ``warm`` section (:func:`aggregate_warm`): scored metrics and time to
+    the gain per RT60 bin, then the median windowed gain vs early-50 at every whole second."""
+    summary, c = warm.get("summary", {}), warm.get("config", {})
+    if not summary:
+        return ""
+    pct = f"{100 * c['fraction']:.0f} %"
+    lines = [
+        f"Warm streams: {c['seconds']:g} s of the same talker through the same room, one pass from the rest "
+        f"state, scored after {c['score_from']:g} s. Time to gain: start of the first {c['window']:g} s window "
+        f"(every {c['hop']:g} s) whose dSI-SDR gain (running median of 3 windows) reaches {pct} of the plateau "
+        f"(median over the windows after {c['plateau_from']:g} s); median over examples (n with a plateau "
+        "above 0.1 dB), and of the median curve.",
+        "",
+        "| RT60 bin | system | n | SI-SDR direct dB | dSI-SDR direct | SI-SDR early dB | dSI-SDR early "
+        f"| PESQ-WB | dPESQ | ESTOI | dESTOI | plateau early dB | s to {pct} (n) | s to {pct}, median curve | RTF |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for g, systems in summary.items():
+        for s, row in systems.items():
+            reach = "-" if s == "unprocessed" else f"{_f(row.get('t_reach_early'), 1)} ({row.get('t_reach_early_n', 0)})"
+            cells = [g, s, str(row["n"]), _f(row.get("si_sdr_direct")), _f(row.get("d_si_sdr_direct"), signed=True),
+                     _f(row.get("si_sdr_early")), _f(row.get("d_si_sdr_early"), signed=True), _f(row.get("pesq")),
+                     _f(row.get("d_pesq"), signed=True), _f(row.get("estoi"), 3), _f(row.get("d_estoi"), 3, signed=True),
+                     _f(row.get("plateau_early"), signed=True), reach, _f(row.get("t_reach_early_of_median"), 1),
+                     _f(row.get("rtf"), 3) if s != "unprocessed" else "-"]
+            lines.append("| " + " | ".join(cells) + " |")
+    starts = warm.get("window_starts", [])
+    cols = [i for i, t in enumerate(starts) if abs(t - round(t)) < 1e-9]
+    if cols:
+        lines += ["", f"Warm streams: median dSI-SDR gain vs early-50 (dB) in the {c['window']:g} s window starting at "
+                      "t seconds", "",
+                  "| RT60 bin | system | " + " | ".join(f"{starts[i]:g}" for i in cols) + " |",
+                  "|---|---|" + "---|" * len(cols)]
+        for g, systems in summary.items():
+            for s, row in systems.items():
+                curve = row.get("window_gain_early")
+                if curve:
+                    lines.append(f"| {g} | {s} | " + " | ".join(_f(curve[i], signed=True) for i in cols) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
 def _jsonable(o: Any) -> Any:
     """NaN/inf -> None (strict JSON), numpy scalars -> Python."""
     if isinstance(o, dict):
@@ -677,6 +983,10 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
         },
     }
     summary = aggregate(records)
+    warm = aggregate_warm(records, cfg) if cfg.warm else None
+    if warm is not None:
+        timing["warm_proc_seconds"] = {s: sum(r["warm"]["systems"][s]["proc_seconds"] for r in records if r.get("warm"))
+                                       for s in systems}
     return _jsonable({
         "config": dataclasses.asdict(cfg),
         "environment": {"python": platform.python_version(), "machine": platform.machine(),
@@ -687,7 +997,8 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
                      "model_sha256": _sha256(Path(cfg.model)) if cfg.model and cfg.model != PASSTHROUGH else None, "rt60_bins": {g: summary[g]["unprocessed"]["n"]
                                                    for g in summary if g.startswith("rt60")}},
         "summary": summary,
-        "targets": check_targets(summary),
+        "targets": check_targets(summary) + (check_warm_targets(warm) if warm else []),
+        **({"warm": warm} if warm is not None else {}),
         **_gate_measures(cfg),
         "timing": timing,
         "examples": records,
@@ -750,6 +1061,9 @@ def timing_text(result: dict[str, Any]) -> str:
                                                        for k, v in sorted(t["metric_seconds_per_call"].items())),
              "system RTF (1 thread, with other workers running): " + ", ".join(
                  f"{s} {v['rtf']:.4f}" for s, v in t["systems"].items() if s != "unprocessed")]
+    if "warm_proc_seconds" in t:
+        lines.append("processing of the warm streams (s): " + ", ".join(
+            f"{s} {v:.1f}" for s, v in t["warm_proc_seconds"].items() if s != "unprocessed"))
     return "\n".join(lines)
 
 
@@ -766,6 +1080,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[EvalConfig, argparse.
     p.add_argument("--seconds", type=float, default=EvalConfig.seconds, help="maximum example length, s")
     p.add_argument("--warmup", type=float, default=EvalConfig.warmup,
                    help="seconds of preceding audio processed but not scored (0 = cold start)")
+    p.add_argument("--warm-seconds", type=float, default=EvalConfig.warm_seconds,
+                   help="length of the warm streams, s")
+    p.add_argument("--warm-score-from", type=float, default=EvalConfig.warm_score_from,
+                   help="the warm streams are scored from this second on")
+    p.add_argument("--no-warm", action="store_true", help="skip the warm streams")
     p.add_argument("--jobs", type=int, default=EvalConfig.jobs, help="worker processes")
     p.add_argument("--out", default=None, help="write the full result JSON here")
     p.add_argument("--markdown", default=None, help="write the Markdown tables here")
@@ -774,8 +1093,14 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[EvalConfig, argparse.
     a = p.parse_args(argv)
     if a.count < 1:
         p.error("--count must be >= 1")
+    if not a.no_warm and not 0.0 <= a.warm_score_from < a.warm_seconds:
+        p.error("--warm-score-from must lie in [0, --warm-seconds)")
+    if not a.no_warm and a.warm_seconds < 2 * EvalConfig.warm_window:
+        p.error(f"--warm-seconds must be at least {2 * EvalConfig.warm_window:g}")
     cfg = EvalConfig(corpus=a.corpus, rooms=a.rooms, model=a.model, split=a.split, count=a.count, seed=a.seed,
-                     seconds=a.seconds, warmup=a.warmup, baselines=not a.no_baselines, dnsmos=not a.no_dnsmos, jobs=max(1, a.jobs))
+                     seconds=a.seconds, warmup=a.warmup, baselines=not a.no_baselines, dnsmos=not a.no_dnsmos,
+                     jobs=max(1, a.jobs), warm=not a.no_warm, warm_seconds=a.warm_seconds,
+                     warm_score_from=a.warm_score_from)
     return cfg, a
 
 
@@ -789,7 +1114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     md = markdown_table(result["summary"], title=f"{name} on {cfg.split} ({len(result['examples'])} examples, "
                                                    f"seed {cfg.seed}, "
                                                    + (f"{cfg.warmup:g} s warm-up)" if cfg.warmup > 0 else "cold start)"))
-    md += targets_table(result["summary"]) + "\n"
+    if result.get("warm"):
+        md += "\n" + warm_markdown_table(result["warm"]) + "\n"
+    md += targets_table(result["summary"], result.get("warm")) + "\n"
     md += "\n" + "```\n" + timing_text(result) + "\n```\n"
     print(md)
     if a.out:

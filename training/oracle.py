@@ -4,6 +4,7 @@
     python -m training.oracle --eval-set --seed 0     # the evaluation's own reverberant test examples
     python -m training.oracle --eval-set --seed 0 --framings   # real-mask ceilings for other STFT framings
     python -m training.oracle --eval-set --seed 0 --early-weight 0   # masks ideal for the direct path
+    python -m training.oracle --predictor --seed 0 [--warmup 4 --seconds 8] [--delta 3 10] [--f-max 4000]
 
 For each example the ideal mask of each family is computed from the target (early-50 ms, or with
 ``--early-weight`` a reference between it and the direct path) and applied to the mixture; the table gives mean SI-SDR against the early-50 target and the direct path
@@ -24,6 +25,12 @@ Two adaptive forms of that prediction, which is what a run-time system would hav
 * online linear prediction by recursive least squares from a cold start, fitted to the *true*
   late part (mixture - target) frame by frame: the best case of an adaptive filter driven by a
   network's estimate of the late reverberation.
+
+``--predictor`` prints instead what that adaptive predictor (:mod:`training.predictor`) does with
+the shipped network (an ONNX step model, run on STFT frames through its own graph): alone, before
+the network, driven by the network's late estimate in a cascade of two network passes, and in a
+single causal pass where the network's output of each frame is the predictor's next target (see
+:func:`predictor_outputs`), on the evaluation's reverberant examples, cold or after a warm-up.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ from training.dataset import ReverbDataset
 from training.metrics import si_sdr
 from training.mixing import reference_between
 from training.model import ModelConfig, dft_matrices
+from training.predictor import PredictorConfig, init_state, predict, regressors, update
+from training.predictor import run as run_predictor
 
 BINS = ((0.0, 0.4), (0.4, 0.8), (0.8, 99.0))
 
@@ -125,25 +134,16 @@ def _wpe_estimate(m_spec: np.ndarray, psd: np.ndarray, delay: int, taps: int) ->
 
 
 def _rls_estimate(m_spec: np.ndarray, late: np.ndarray, delay: int, taps: int, alpha: float = 0.998,
-                  reg: float = 1e-3) -> np.ndarray:
+                  delta: float = 3.0) -> np.ndarray:
     """Online prediction [frames, F] of ``late`` [frames, F] from past mixture frames, by per-bin
-    recursive least squares (forgetting factor ``alpha``) from a zero filter: each frame is predicted
-    with the filter fitted to the frames before it, as a streaming system would."""
-    frames, bins = m_spec.shape
-    past = _past(m_spec, delay, taps)
-    scale = np.mean(np.abs(m_spec) ** 2, axis=0) + 1e-20
-    p = np.tile(np.eye(taps, dtype=complex), (bins, 1, 1)) / (reg * scale)[:, None, None]
-    g = np.zeros((bins, taps), complex)
-    est = np.zeros_like(m_spec)
-    for t in range(frames):
-        x = past[t].T  # [F, taps]
-        est[t] = np.einsum("fk,fk->f", g.conj(), x)
-        err = late[t] - est[t]
-        px = np.einsum("fij,fj->fi", p, x)
-        gain = px / (alpha + np.einsum("fi,fi->f", x.conj(), px).real)[:, None]
-        p = (p - gain[:, :, None] * np.einsum("fj,fjm->fm", x.conj(), p)[:, None, :]) / alpha
-        g = g + gain * err.conj()[:, None]
-    return est
+    recursive least squares (forgetting factor ``alpha``, :mod:`training.predictor`) from a zero
+    filter: each frame is predicted with the filter fitted to the frames before it, as a streaming
+    system would. The inverse correlation starts at ``I / (delta * sigma_f^2)``, sigma_f^2 the clip's
+    mean power per bin: delta is the prior's weight in frames' worth of power, 1..10 (a start a
+    thousand times larger, delta = 1e-3, overshoots and does not recover within a clip)."""
+    cfg = PredictorConfig(taps=taps, delay=delay, lam=alpha, delta=delta)
+    state = init_state(m_spec.shape[1], cfg, power=np.mean(np.abs(m_spec) ** 2, axis=0) + 1e-20)
+    return run_predictor(m_spec, late, cfg, state)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,8 +167,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lp-taps", type=int, nargs="+", default=list(LP_TAPS), metavar="N",
                     help="linear-prediction filter lengths in hops (default: %(default)s); the model's "
                          "prediction head (ModelConfig.lp_taps) has 4")
+    pred = ap.add_argument_group("predictor rows (--predictor)")
+    pred.add_argument("--predictor", action="store_true",
+                      help="instead: the network and the per-bin RLS predictor combined with it (see "
+                           "predictor_outputs), on the evaluation's reverberant examples (implies --eval-set)")
+    pred.add_argument("--model", default="models/dereverb-lstm-16k.onnx", help="ONNX step model (%(default)s)")
+    pred.add_argument("--seconds", type=float, default=6.0,
+                      help="scored length per example, as training.evaluate's --seconds (%(default)s)")
+    pred.add_argument("--warmup", type=float, default=0.0,
+                      help="seconds of the same voice and room before the scored part, not scored (0 = cold)")
+    pred.add_argument("--taps", type=int, nargs="+", default=[10], help="K, per-bin filter taps")
+    pred.add_argument("--delay", type=int, nargs="+", default=[LP_DELAY], help="D, prediction delay in hops")
+    pred.add_argument("--lam", type=float, nargs="+", default=[0.998], help="forgetting factor per hop")
+    pred.add_argument("--delta", type=float, nargs="+", default=[3.0], help="P starts at I / (delta * sigma_f^2)")
+    pred.add_argument("--f-max", type=float, nargs="+", default=[8000.0],
+                      help="predict only bins up to this frequency in Hz (%(default)s = all)")
+    pred.add_argument("--causal-start", action="store_true",
+                      help="start P from each bin's first active hop instead of the example's mean power")
+    pred.add_argument("--single-pass-only", action="store_true", help="only the single-pass row (faster)")
+    pred.add_argument("--jobs", type=int, default=2, help="worker processes")
     args = ap.parse_args(argv)
     cfg = ModelConfig()
+    if args.predictor:
+        return _predictor_table(args)
     if args.framings:
         if args.early_weight != 1.0:
             ap.error("--framings computes the early-50 target's masks only; drop --early-weight")
@@ -206,6 +227,180 @@ def main(argv: list[str] | None = None) -> int:
             d = np.mean([r[3] for r in sel if r[1] == name])
             cells.append(f"{e:.1f} / {d:.1f}" if np.isfinite(e) else f"- / {d:.1f}")
         print(f"| {lo}-{hi if hi < 99 else ''} s | {n} | " + " | ".join(cells) + " |")
+    return 0
+
+
+class SpectralModel:
+    """An ONNX step model of the project's format entered after its analysis: STFT frames in, its
+    masked (early-speech estimate) frames out, the same graph and weights as the runtime runs.
+
+    The subgraph between the analysis DFT and the synthesis DFT is cut out of the file (the two
+    MatMuls with constant [win, 2F] and [2F, win] matrices), so a predictor's residual can be fed
+    to the network frame by frame as a single-pass streaming step would. The music gate's silence
+    test reads the time frame; it is given the windowed inverse DFT of the frame (zero exactly when
+    the frame is), which differs from the raw frame only in how near -100 dBFS counts as silence.
+    States start from the card's rest state, as every stream does.
+    """
+
+    def __init__(self, path: str) -> None:
+        import onnx
+        import onnx.utils
+        import onnxruntime as ort
+
+        from stream.model import StepModel, ort_session_options
+
+        step = StepModel.load(path)
+        self.cfg = ModelConfig(win=int(step.card["window"]), hop=step.hop)
+        self.rest = {k: v for k, v in step.initial_state(1).items() if k not in ("analysis", "ola")}
+        graph = onnx.shape_inference.infer_shapes(onnx.load(path))  # the extractor needs every tensor's type
+        consts = {o: n for n in graph.graph.node if n.op_type == "Constant" for o in n.output}
+        f2 = 2 * (self.cfg.win // 2 + 1)
+
+        def matmul(shape: list[int]):
+            for n in graph.graph.node:
+                if n.op_type == "MatMul" and n.input[1] in consts:
+                    t = onnx.numpy_helper.to_array(consts[n.input[1]].attribute[0].t)
+                    if list(t.shape) == shape:
+                        return n
+            raise ValueError(f"{path}: no DFT MatMul with a constant {shape} matrix")
+
+        analysis, synthesis = matmul([self.cfg.win, f2]), matmul([f2, self.cfg.win])
+        self._frames, spec, masked = analysis.input[0], analysis.output[0], synthesis.input[0]
+        self._states = list(self.rest)
+        sub = onnx.utils.Extractor(graph).extract_model(
+            [spec, self._frames, *self._states], [masked, *(f"{k}_out" for k in self._states)])
+        self._inputs = [spec, self._frames, *self._states]
+        self._session = ort.InferenceSession(sub.SerializeToString(), ort_session_options(1),
+                                             providers=["CPUExecutionProvider"])
+        self._inv = dft_matrices(self.cfg.win)[1].numpy()
+
+    def start(self) -> dict[str, np.ndarray]:
+        """The rest state (one channel)."""
+        return {k: v.copy() for k, v in self.rest.items()}
+
+    def run(self, spec: np.ndarray, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Frames spec [T, F] complex -> (the network's output frames [T, F] complex128, new state)."""
+        flat = np.concatenate([spec.real, spec.imag], axis=1).astype(np.float32)[None]  # [1, T, 2F]
+        frames = flat @ self._inv
+        outs = self._session.run(None, dict(zip(self._inputs, [flat, frames, *(state[k] for k in self._states)])))
+        f = spec.shape[1]
+        out = outs[0][0].astype(np.float64)
+        return out[:, :f] + 1j * out[:, f:], dict(zip(self._states, outs[1:]))
+
+
+def predictor_outputs(mix: np.ndarray, early: np.ndarray, model: SpectralModel, pcfg: PredictorConfig,
+                      f_max: float = 8000.0, single_pass_only: bool = False, causal_start: bool = False
+                      ) -> dict[str, np.ndarray]:
+    """Outputs [n] (16 kHz) of the network and of the per-bin RLS predictor's combinations with it,
+    for one example (mixture and early-50 target [n], float64); prediction only in bins up to
+    ``f_max`` Hz. The predictor's P starts at I / (delta * sigma_f^2), sigma_f^2 the example's mean
+    power per bin, or with ``causal_start`` the power of the bin's first active hop (what a stream
+    knows). It always predicts from the mixture's past STFT frames:
+
+    * ``model``: the network alone;
+    * ``RLS (true late)``: the mixture minus the prediction of its true late part (mixture - target);
+    * ``RLS (true late) -> model``: the network on that residual;
+    * ``model -> RLS -> model``: the network's late estimate (mixture - its output) drives the
+      predictor; the network runs again, from its start state, on the mixture minus the prediction;
+    * ``single pass``: per frame, predict with the current filter, the network on the residual gives
+      the early estimate E(t), the predictor is updated with the late target X(t) - E(t): one
+      network pass, causal, a streaming step's order.
+    """
+    cfg = model.cfg
+    fwd, inv = (m.numpy().astype(np.float64) for m in dft_matrices(cfg.win))
+    x, e = stft(mix, fwd, cfg.win, cfg.hop), stft(early, fwd, cfg.win, cfg.hop)
+    n_bins = x.shape[1]
+    sel = np.arange(n_bins)[np.arange(n_bins) * cfg.sample_rate / cfg.win <= f_max]
+    power = None if causal_start else np.mean(np.abs(x[:, sel]) ** 2, axis=0) + 1e-20
+
+    def rls(target: np.ndarray) -> np.ndarray:
+        return run_predictor(x, target, pcfg, init_state(len(sel), pcfg, power=power), bins=sel)[0]
+
+    out: dict[str, np.ndarray] = {}
+    if not single_pass_only:
+        out["model"] = model.run(x, model.start())[0]
+        pred = rls(x - e)
+        out["RLS (true late)"] = x - pred
+        out["RLS (true late) -> model"] = model.run(x - pred, model.start())[0]
+        pred = rls(x - out["model"])
+        out["model -> RLS -> model"] = model.run(x - pred, model.start())[0]
+    past = regressors(x[:, sel], pcfg)
+    st, ms = init_state(len(sel), pcfg, power=power), model.start()
+    single = np.zeros_like(x)
+    for t in range(x.shape[0]):
+        r = x[t].copy()
+        r[sel] -= predict(st["g"], past[t])
+        est, ms = model.run(r[None], ms)
+        single[t] = est[0]
+        st = update(st, past[t], (x[t] - est[0])[sel], pcfg)
+    out["single pass"] = single
+    return {k: istft(v, inv, len(mix), cfg.win, cfg.hop) for k, v in out.items()}
+
+
+_WORKER_MODEL: SpectralModel | None = None
+
+
+def _predictor_worker(job: tuple) -> list[tuple]:
+    """Score one example (runs in a worker process): rows of (rt60, system, gain vs early, vs direct)."""
+    global _WORKER_MODEL
+    from training.evaluate import build_example
+
+    spec, seconds, warmup, model_path, variants, single_pass_only, causal_start = job
+    if _WORKER_MODEL is None:
+        _WORKER_MODEL = SpectralModel(model_path)
+    ex = build_example(spec, seconds, warmup)
+    mix, early, direct = (ex[k].astype(np.float64) for k in ("input", "early", "direct"))
+    edge = _WORKER_MODEL.cfg.win
+    sl = slice(max(edge, int(ex["score_from"])), len(mix) - edge)
+    base = si_sdr(mix[sl], early[sl]), si_sdr(mix[sl], direct[sl])
+    rows = []
+    for i, (pcfg, f_max) in enumerate(variants):
+        tag = f"K {pcfg.taps}, D {pcfg.delay}, lam {pcfg.lam:g}, delta {pcfg.delta:g}, <= {f_max / 1000:g} kHz"
+        for name, y in predictor_outputs(mix, early, _WORKER_MODEL, pcfg, f_max, single_pass_only, causal_start).items():
+            if name == "model" and i > 0:
+                continue  # the same network output for every predictor setting
+            label = name if name == "model" else f"{name} [{tag}]"
+            rows.append((float(spec.rt60), label, si_sdr(y[sl], early[sl]) - base[0], si_sdr(y[sl], direct[sl]) - base[1]))
+    return rows
+
+
+def _predictor_table(args: argparse.Namespace) -> int:
+    """The predictor rows on the evaluation's reverberant examples: mean dSI-SDR (dB, over the input)
+    against early-50 and the direct path per RT60 bin."""
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from training.evaluate import EvalConfig, plan_examples
+
+    ecfg = EvalConfig(corpus=args.corpus, rooms=args.rooms, count=args.count, seed=args.seed)
+    specs = [s for s in plan_examples(ecfg) if s.kind == "reverb"]
+    variants = [(PredictorConfig(taps=k, delay=d, lam=lam, delta=delta), f_max)
+                for k in args.taps for d in args.delay for lam in args.lam for delta in args.delta
+                for f_max in args.f_max]
+    jobs = [(s, args.seconds, args.warmup, args.model, variants, args.single_pass_only, args.causal_start) for s in specs]
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"  # one thread per worker, inherited by the spawned processes
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
+            rows = [r for res in pool.map(_predictor_worker, jobs) for r in res]
+    else:
+        rows = [r for job in jobs for r in _predictor_worker(job)]
+    names = list(dict.fromkeys(r[1] for r in rows))
+    warm = f"{args.warmup:g} s warm-up (not scored) + " if args.warmup > 0 else "cold, "
+    warm = ("P from each bin's first active hop; " if args.causal_start else "P from the example's mean power; ") + warm
+    print(f"{len(specs)} evaluation-set reverberant examples (seed {args.seed}), {warm}up to {args.seconds:g} s "
+          f"scored; {args.model}; dSI-SDR dB over the input, vs early-50 / vs direct")
+    print("| system | " + " | ".join(f"RT60 {lo:g}-{hi:g} s" if hi < 99 else f"RT60 > {lo:g} s" for lo, hi in BINS) + " |")
+    print("|---|" + "---|" * len(BINS))
+    counts = [sum(1 for r in rows if r[1] == names[0] and lo <= r[0] < hi) for lo, hi in BINS]
+    print("| n | " + " | ".join(str(c) for c in counts) + " |")
+    for name in names:
+        cells = []
+        for lo, hi in BINS:
+            sel = [r for r in rows if r[1] == name and lo <= r[0] < hi]
+            cells.append(f"{np.mean([r[2] for r in sel]):+.2f} / {np.mean([r[3] for r in sel]):+.2f}" if sel else "-")
+        print(f"| {name} | " + " | ".join(cells) + " |")
     return 0
 
 

@@ -111,3 +111,50 @@ def test_framings_refuse_an_early_weight_they_would_ignore(capsys):
     with pytest.raises(SystemExit):
         oracle.main(["--framings", "--early-weight", "0"])
     assert "--framings computes the early-50 target's masks only" in capsys.readouterr().err
+
+
+def _shipped() -> str:
+    from pathlib import Path
+
+    return str(Path(__file__).resolve().parents[2] / "models" / "dereverb-lstm-16k.onnx")
+
+
+def test_spectral_model_is_the_runtime_step_entered_after_its_analysis():
+    # The predictor rows feed STFT frames to the shipped graph's own subgraph; on the frames of an
+    # input it must give what the whole step gives on that input (one hop later: the step's latency).
+    from stream.model import StepModel
+    from training.model import dft_matrices
+    from training.oracle import SpectralModel, istft, stft
+
+    step, spectral = StepModel.load(_shipped()), SpectralModel(_shipped())
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(256 * 120) * 0.05).astype(np.float32)
+    x[: 256 * 10] = 0  # a leading silence: the music gate's silence test is in the subgraph too
+    full, _ = step.run(x[None], step.initial_state(1))
+    fwd, inv = (m.numpy().astype(np.float64) for m in dft_matrices(512))
+    padded = np.concatenate([np.zeros(256), x])  # the step's first frame holds a zero hop first
+    y = istft(spectral.run(stft(padded, fwd, 512, 256), spectral.start())[0], inv, len(padded), 512, 256)
+    sl = slice(256, len(x) - 512)
+    assert np.max(np.abs(full[0][sl] - y[sl])) < 1e-4 * np.max(np.abs(x))
+
+
+def test_the_single_pass_is_causal_and_the_cascade_rows_are_all_there():
+    from training.oracle import SpectralModel, predictor_outputs
+    from training.predictor import PredictorConfig
+
+    spectral = SpectralModel(_shipped())
+    rng = np.random.default_rng(4)
+    early = rng.standard_normal(16000) * 0.05
+    rir = np.exp(-np.arange(6000) / 1200.0) * rng.standard_normal(6000)
+    rir[:800] = 0
+    mix = early + 0.3 * np.convolve(early, rir)[: early.size]
+    cfg = PredictorConfig(taps=4)
+    out = predictor_outputs(mix, early, spectral, cfg, causal_start=True)
+    assert set(out) == {"model", "RLS (true late)", "RLS (true late) -> model", "model -> RLS -> model", "single pass"}
+    changed = mix.copy()
+    changed[12000:] *= -2.0
+    again = predictor_outputs(changed, early, spectral, cfg, single_pass_only=True, causal_start=True)
+    # Output sample n needs the frames up to the one that starts at or before n: nothing after it
+    # (with P started from the first active hop; the example's mean power is an oracle's knowledge).
+    assert np.array_equal(out["single pass"][: 12000 - 512], again["single pass"][: 12000 - 512])
+    assert not np.allclose(out["single pass"][12000:], again["single pass"][12000:])
