@@ -31,6 +31,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from stream.buffers import Scratch
+
 CUTOFF_HZ = 2.0
 # Chunk length for the closed-form recursion: r^-CHUNK must stay far from float64 overflow and keep
 # rounding tiny (at 16 kHz, r^-1024 ~ 3e3).
@@ -72,29 +74,41 @@ def initial_state(channels: int) -> np.ndarray:
 def dc_block(x: np.ndarray, state: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray]:
     """High-pass ``x`` float32 [channels, n] with pole ``r``; returns (float32 [channels, n], new state).
 
-    Pure: ``state`` is not modified. The recursion is evaluated in closed form per chunk,
-    y[k] = r^k (y[-1] r + sum_{j<=k} r^-j d[j]) with d the first difference, so there is no Python
-    loop over samples.
+    Pure: ``state`` is not modified (``dc_block_into`` is the in-place form the engine uses).
+    """
+    c, n = x.shape
+    out, new_state = np.empty((c, n), np.float32), state.copy()
+    dc_block_into(x, new_state, r, out, Scratch())
+    return out, new_state
+
+
+def dc_block_into(x: np.ndarray, state: np.ndarray, r: float, out: np.ndarray, scratch: Scratch) -> None:
+    """High-pass ``x`` float32 [channels, n] into ``out`` (same shape), updating ``state`` [channels, 2] in
+    place; temporaries come from ``scratch``, so a call allocates nothing once the scratch is grown.
+
+    The recursion is evaluated in closed form per chunk, y[k] = r^k (y[-1] r + sum_{j<=k} r^-j d[j])
+    with d the first difference, so there is no Python loop over samples.
     """
     c, n = x.shape
     if n == 0:
-        return x.astype(np.float32, copy=True), state.copy()
-    xd = x.astype(np.float64)
-    first = state[:, 0]
-    d = np.empty_like(xd)  # first difference, then the running sum in place
-    np.subtract(xd[:, 0], first, out=d[:, 0])
+        return
+    xd = scratch("dc_x", (c, n), np.float64)
+    np.copyto(xd, x)
+    d = scratch("dc_d", (c, n), np.float64)  # first difference, then the running sum in place
+    np.subtract(xd[:, 0], state[:, 0], out=d[:, 0])
     np.subtract(xd[:, 1:], xd[:, :-1], out=d[:, 1:])
-    y_prev = state[:, 1]
+    y_prev = state[:, 1]  # a view: updated in place once each chunk has used it
+    carry = scratch("dc_carry", (c,), np.float64)
+    pole_ = scratch.scalar("dc_pole", r, np.float64)
     powers = _powers(r)
     for start in range(0, n, CHUNK):
         seg = d[:, start : start + CHUNK]
         up = powers[: seg.shape[1]]
         seg *= up
         np.cumsum(seg, axis=1, out=seg)
-        seg += (y_prev * r)[:, None]
+        np.multiply(y_prev, pole_, out=carry)
+        seg += carry[:, None]
         seg /= up
-        y_prev = seg[:, -1].copy()
-    new_state = np.empty_like(state)
-    new_state[:, 0] = xd[:, -1]
-    new_state[:, 1] = y_prev
-    return d.astype(np.float32), new_state
+        y_prev[:] = seg[:, -1]
+    state[:, 0] = xd[:, -1]
+    np.copyto(out, d, casting="same_kind")

@@ -13,7 +13,7 @@ from tests.signals import speechlike
 
 
 class PoisonedModel:
-    """Wraps a StepModel; its ``run_with_share`` (which the engine calls) returns a NaN state, output and
+    """Wraps a StepModel; its ``run_bound`` (which the engine calls) leaves a NaN state, output and
     pass-through share on the calls listed in ``poison``."""
 
     def __init__(self, model, poison: set[int]) -> None:
@@ -22,18 +22,16 @@ class PoisonedModel:
     def __getattr__(self, name):
         return getattr(self._model, name)
 
-    def run_with_share(self, audio, state):
-        y, share, new = self._model.run_with_share(audio, state)
+    def run_bound(self, bound, hops):
+        y, share = self._model.run_bound(bound, hops)
         self.calls += 1
         if self.calls in self._poison:
-            new = {k: np.full_like(v, np.nan) for k, v in new.items()}
-            y = np.full_like(y, np.nan)
-            share = None if share is None else np.full_like(share, np.nan)
-        return y, share, new
-
-    def run(self, audio, state):
-        y, _, new = self.run_with_share(audio, state)
-        return y, new
+            for v in bound.state.values():
+                v.fill(np.nan)
+            y.fill(np.nan)
+            if share is not None:
+                share.fill(np.nan)
+        return y, share
 
 
 def _with_model(model) -> Dereverberator:
