@@ -2,9 +2,12 @@
 
 ``engine_step(plan, block, state) -> (out, state)`` takes any number of frames at the stream's rate
 and returns exactly as many, delayed by ``plan.latency`` samples. Inside, audio may be resampled to
-the model's rate, loses its DC offset (``stream.dcblock``), is gathered into whole hops, run through the ONNX step, resampled back and queued.
-With a model that reports its pass-through share (``pass_share``), what the DC blocker removed is added
-back where the model passes its input through, so passed-through music keeps everything (``_low_bypass``).
+the model's rate, loses its DC offset (``stream.dcblock``), is gathered into whole hops, run through
+the ONNX step, resampled back and queued.
+With a model that reports its pass-through share (``pass_share``), what the DC blocker removed takes a
+path around the model and is added back where the model passes its input through, so passed-through
+music keeps everything (``ShareBypass``). The output stage mixes in the dry input (``mix``) and limits
+the output to the input's peak.
 
 Why the output is identical for every block size: every stage emits all the output its input so far
 allows (the resampler's output count depends only on the total input count, the model runs on whole
@@ -73,24 +76,57 @@ class Plan:
 
 
 class ShareBypass:
-    """A path around the model at the model's rate, weighted by the model's pass-through share.
+    """A path around the model, joined at the model's rate along the model's pass-through share.
 
-    Its signal (``rows`` extra rows that ride with the input through the input resampler and the hop
-    buffer, so they reach the model's rate in step with it) is delayed by the step's latency, so it
-    lines up with the step's output, and added to that output with a gain that follows the model's
-    ``pass_share`` (see ``_join``). The DC blocker's complement takes this path: where the model passes
-    its input through, the output becomes the input itself, below the blocker's cutoff too.
+    How a bypass path works (the engine's one mechanism for them): ``take`` splits its signal off the
+    block at the stream's rate into ``rows`` extra rows of the signal path, which ride with the model's
+    input through the input resampler and the hop buffer, so they reach the model's rate in step with
+    it; ``join`` delays them by the step's latency, so they line up with the step's output, and adds them
+    to that output, weighted as the path decides, before the output resampler. A path that joins at the
+    stream's rate instead would be delayed by ``plan.latency`` and added where the output stage mixes
+    in the dry input.
+
+    This one carries the DC blocker's complement (what the blocker removed: the input below ~2 Hz) with a
+    gain that follows ``pass_share``: where the model passes its input through (share 1: its mask is
+    exactly 1) the output is the blocked input, delayed, and adding the complement, delayed alike, makes
+    it the input itself, below 2 Hz too (a DC-offset music render loses 8.6 dB SI-SDR to the blocker
+    alone); where the model works (share 0: speech) the blocker stays in full.
 
     State, updated in place: the delay line [channels, step_latency] and the smoothed share at the end
     of the last hop, ``gain`` [channels, 1].
     """
 
     def __init__(self, plan: Plan) -> None:
-        c = plan.channels
-        self.line = Fifo(c, prefill=plan.model.step_latency)
+        self.rows = plan.channels
+        self.line = Fifo(self.rows, prefill=plan.model.step_latency)
         # Where silence leaves the gain: a model whose gate starts open passes silence through, and a live
         # stream, which idles in silence, must reach its first sound with the gain a file starts with.
-        self.gain = np.full((c, 1), plan.model.rest_share, np.float32)
+        self.gain = np.full((self.rows, 1), plan.model.rest_share, np.float32)
+
+    def take(self, x: np.ndarray, main: np.ndarray, out: np.ndarray) -> None:
+        """The path's signal ``out`` [rows, n] from the block ``x`` and the model path's input ``main``
+        (both [channels, n], the stream's rate): here what the DC blocker removed, ``x - main``."""
+        np.subtract(x, main, out=out)
+
+    def join(self, signal: np.ndarray, share: np.ndarray | None, y: np.ndarray, plan: Plan,
+             scratch: Scratch) -> None:
+        """Delay ``signal`` [rows, k * hop] (model rate) by the step's latency and add it to the model output
+        ``y`` [channels, k * hop] along the model's ``share`` [channels, k] (None: the model gave none)."""
+        hop, length = plan.model.hop, signal.shape[1]
+        self.line.append(signal)
+        delayed = self.line.head(length)
+        if share is None or not math.isfinite(float(np.sum(share, out=scratch("share_sum", ())))):
+            share = scratch("share_zero", (plan.channels, length // hop))
+            share.fill(0.0)
+        active = scratch("bypass_active", (), np.bool_)
+        if np.any(self.gain, out=active) or np.any(share, out=active):
+            _join(y, delayed, share, self.gain, hop, plan.model.sample_rate, scratch)
+        self.line.drop(length)
+
+    def copy(self, plan: Plan) -> ShareBypass:
+        new = ShareBypass(plan)
+        new.line, new.gain = self.line.copy(), self.gain.copy()
+        return new
 
 
 @dataclass
@@ -99,9 +135,10 @@ class EngineState:
     in place (so that a steady-state block allocates nothing; ``copy_state`` gives an independent copy).
 
     Model: the bound step (its state and IO buffers). Signal path: the resampler streams, the partial hop
-    at the model's rate (``pending``, [rows, < hop]: the input, then the bypass rows), the model output
-    waiting for the output resampler (``model_out``), the output queue at the stream's rate (``queue``,
-    starting with ``plan.prefill`` zeros), the DC blocker's state [channels, 2] and the bypass. Output
+    at the model's rate (``pending``, [rows, < hop]: the input, then each bypass path's rows), the model
+    output waiting for the output resampler (``model_out``), the output queue at the stream's rate
+    (``queue``, starting with ``plan.prefill`` zeros), the DC blocker's state [channels, 2] and the
+    paths around the model (``bypasses``, see ``ShareBypass``). Output
     stage: the input delayed by the latency (``dry``), the wet/dry mix (``mix`` the target, ``mix_now``
     where a crossfade is, ``ramp`` its samples left), the running input peak (the output limit).
     Counters since the stream began: non-finite input samples replaced, model state resets.
@@ -114,7 +151,7 @@ class EngineState:
     model_out: Fifo
     queue: Fifo
     dc: np.ndarray
-    bypass: ShareBypass | None
+    bypasses: tuple[ShareBypass, ...]
     dry: Fifo
     mix: float
     mix_now: float
@@ -166,7 +203,8 @@ def _max_holdback(rs_in: Resampler, hop: int, rs_out: Resampler) -> int:
 def initial_state(plan: Plan, mix: float = 1.0) -> EngineState:
     """A stream's start: the model's rest state, empty buffers, the output queue prefilled, ``mix`` (0..1)."""
     c = plan.channels
-    rows = 2 * c if plan.low_bypass else c  # with the bypass, the complement travels with the input
+    bypasses = (ShareBypass(plan),) if plan.low_bypass else ()
+    rows = c + sum(b.rows for b in bypasses)  # the bypass paths travel with the input
     bound = plan.model.bind(c, MAX_HOPS_PER_CALL)
     bound.load(plan.model.initial_state(c))
     state = EngineState(
@@ -177,7 +215,7 @@ def initial_state(plan: Plan, mix: float = 1.0) -> EngineState:
         model_out=Fifo(c),
         queue=Fifo(c, prefill=plan.prefill),
         dc=dcblock.initial_state(c),
-        bypass=ShareBypass(plan) if plan.low_bypass else None,
+        bypasses=bypasses,
         dry=Fifo(c, prefill=plan.latency),
         mix=float(mix),
         mix_now=float(mix),
@@ -200,8 +238,7 @@ def copy_state(plan: Plan, state: EngineState) -> EngineState:
     new.pending, new.model_out, new.queue, new.dry = (state.pending.copy(), state.model_out.copy(),
                                                       state.queue.copy(), state.dry.copy())
     new.dc = state.dc.copy()
-    if state.bypass is not None:
-        new.bypass.line, new.bypass.gain = state.bypass.line.copy(), state.bypass.gain.copy()
+    new.bypasses = tuple(b.copy(plan) for b in state.bypasses)
     new.mix_now, new.ramp, new.input_peak = state.mix_now, state.ramp, state.input_peak
     new.nonfinite_inputs, new.state_resets = state.nonfinite_inputs, state.state_resets
     return new
@@ -322,12 +359,13 @@ def _model_path(plan: Plan, x: np.ndarray, state: EngineState) -> None:
     scratch = state.scratch
     rows = state.pending.rows
     # DC goes before the resampler too: its filter history starts at zero, so an offset would enter it
-    # as a step. With the bypass, the complement (x - blocked) rides along as extra rows through the
-    # resampler and the hop buffer, so it reaches the model's rate in step with the input.
+    # as a step.
     split = state.pending.tail(n) if state.rs_in is None else scratch("split", (rows, n))
     dcblock.dc_block_into(x, state.dc, dcblock.pole(plan.sample_rate), split[:c], scratch)
-    if state.bypass is not None:
-        np.subtract(x, split[:c], out=split[c:])
+    row = c
+    for path in state.bypasses:
+        path.take(x, split[:c], split[row : row + path.rows])
+        row += path.rows
     if state.rs_in is None:
         state.pending.commit(n)
     else:
@@ -345,8 +383,10 @@ def _model_path(plan: Plan, x: np.ndarray, state: EngineState) -> None:
         length = min(span, whole - start)
         y = sink.tail(length)
         share = _run_model(plan, buf[:c, start : start + length], y, state)
-        if state.bypass is not None:
-            _bypass(plan, buf[c:, start : start + length], share, y, state)
+        row = c
+        for path in state.bypasses:
+            path.join(buf[row : row + path.rows, start : start + length], share, y, plan, scratch)
+            row += path.rows
         sink.commit(length)
     state.pending.drop(whole)
     if state.rs_out is not None:
@@ -375,28 +415,6 @@ def _run_model(plan: Plan, hops_in: np.ndarray, y: np.ndarray, state: EngineStat
             share = None
     np.copyto(y, out)
     return share
-
-
-def _bypass(plan: Plan, signal: np.ndarray, share: np.ndarray | None, y: np.ndarray, state: EngineState) -> None:
-    """Route ``signal`` [channels, k * hop] around the model: delay it by the step's latency and add it to
-    the model output ``y`` along the model's pass-through ``share`` (``ShareBypass``).
-
-    Where the model passes its input through (share 1: its mask is exactly 1), the output is the blocked
-    input, delayed; adding the complement, delayed alike, makes it the input itself, below 2 Hz too (a
-    DC-offset music render loses 8.6 dB SI-SDR to the blocker alone). Where the model works (share 0:
-    speech), the blocker stays in full.
-    """
-    bypass, hop = state.bypass, plan.model.hop
-    length = signal.shape[1]
-    bypass.line.append(signal)
-    delayed = bypass.line.head(length)
-    if share is None or not math.isfinite(float(np.sum(share, out=state.scratch("share_sum", ())))):
-        share = state.scratch("share_zero", (plan.channels, length // hop))
-        share.fill(0.0)
-    active = state.scratch("bypass_active", (), np.bool_)
-    if np.any(bypass.gain, out=active) or np.any(share, out=active):
-        _join(y, delayed, share, bypass.gain, hop, plan.model.sample_rate, state.scratch)
-    bypass.line.drop(length)
 
 
 def _mix(out: np.ndarray, dry: np.ndarray, state: EngineState) -> None:

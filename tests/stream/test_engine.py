@@ -38,7 +38,7 @@ def test_block_size_invariance(default_model, rate, channels):
 @pytest.mark.parametrize("rate", [16000, 48000])
 def test_block_size_invariance_while_the_gate_passes_music(default_model, rate):
     # Music with a DC offset: the gate opens, so the DC blocker's complement is added back along the
-    # model's pass-through share (stream.engine._low_bypass), which must not depend on the blocks either.
+    # model's pass-through share (stream.engine.ShareBypass), which must not depend on the blocks either.
     import soundfile as sf
 
     from pathlib import Path
@@ -261,7 +261,7 @@ def test_a_steady_state_block_allocates_nothing(default_model, rate, channels, b
     for b in blocks[:40]:
         d.process(b, out=out)
     if clip == "music":
-        assert float(d.state.bypass.gain.min()) > 0.5  # the bypass is working during the count
+        assert float(d.state.bypasses[0].gain.min()) > 0.5  # the bypass is working during the count
     with counting() as with_out:
         for b in blocks[40:140]:  # the shortest case (1000-frame blocks at 16 kHz) has 214
             d.process(b, out=out)
