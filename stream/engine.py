@@ -1,10 +1,12 @@
-"""The streaming engine: a pure block step and a thin stateful wrapper.
+"""The streaming engine: a block step on explicit state, and a holder for the two.
 
 ``engine_step(plan, block, state) -> (out, state)`` takes any number of frames at the stream's rate
-and returns exactly as many, delayed by ``plan.latency`` samples. Inside, audio may be resampled to
-the model's rate, loses its DC offset (``stream.dcblock``), is gathered into whole hops, run through
-the ONNX step, resampled back and queued.
-With a model that reports its pass-through share (``pass_share``), what the DC blocker removed takes a
+and returns exactly as many, delayed by ``plan.latency`` samples. Everything that changes while a
+stream runs is in ``state`` (``EngineState``), in buffers the step updates in place, so a steady
+stream allocates nothing; ``Dereverberator`` only holds a plan and a state.
+
+Inside, audio may be resampled to the model's rate, loses its DC offset (``stream.dcblock``), is
+gathered into whole hops, run through the ONNX step, resampled back and queued. With a model that reports its pass-through share (``pass_share``), what the DC blocker removed takes a
 path around the model and is added back where the model passes its input through, so passed-through
 music keeps everything (``ShareBypass``). The output stage mixes in the dry input (``mix``) and limits
 the output to the input's peak.
@@ -34,14 +36,14 @@ from stream.resample import Resampler, ResamplerStream
 # Input samples beyond +-INPUT_LIMIT (80 dB over full scale) are clipped before the model: finite but
 # absurd values (a float file holding 1e30) would overflow the float32 power spectrum to inf.
 INPUT_LIMIT = 1e4
-# Output never exceeds the input's running peak by more than this (dB); see Dereverberator.process.
+# Output never exceeds the input's running peak by more than this (dB); see engine_step.
 PEAK_MARGIN_DB = 1.0
 # Crossfade from the dry input back into the model output after a state reset, in seconds.
 RESET_RAMP_S = 0.02
 
 # Where the model passes its input through (its ``pass_share`` output: music, for the shipped model's
 # gate), the DC blocker's complement (what it removed: the input below ~2 Hz) is passed through too, with
-# this smoothing time constant (s) on the share; see engine_step.
+# this smoothing time constant (s) on the share; see ShareBypass.
 LOW_SMOOTH_S = 0.08
 
 # Model calls are capped at this many hops, which bounds memory for huge blocks while keeping the
@@ -426,7 +428,8 @@ def _mix(out: np.ndarray, dry: np.ndarray, state: EngineState) -> None:
         k = min(state.ramp, n)
         step = (state.mix - state.mix_now) / state.ramp
         ramp = scratch("mix_ramp", (k,), np.float64)
-        np.multiply(scratch.arange(k + 1, np.float64)[1:], scratch.scalar("mix_step", step, np.float64), out=ramp)  # step * (1..k)
+        # mix_now + step * (1..k), in float64, then rounded to float32
+        np.multiply(scratch.arange(k + 1, np.float64)[1:], scratch.scalar("mix_step", step, np.float64), out=ramp)
         ramp += scratch.scalar("mix_from", state.mix_now, np.float64)
         g = scratch("mix_gain", (n,))
         g[k:].fill(state.mix)
