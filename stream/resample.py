@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from math import ceil, gcd
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from stream.buffers import Fifo, Scratch
 
@@ -131,9 +130,10 @@ class Resampler:
         y = scratch("rs_y", (rows, count), np.float64)
         if count >= PER_PHASE_MIN_OUTPUTS * self.p:
             s_row, s_col = wide.strides
-            # windows[c, s] = wide[c, s : s + taps], a strided view
-            windows = as_strided(wide, (rows, wide.shape[1] - self.taps + 1, self.taps), (s_row, s_col, s_col),
-                                 writeable=False)
+            # windows[c, s] = wide[c, s : s + taps], a strided view (made directly: as_strided costs more
+            # than a per-phase product here)
+            windows = np.ndarray((rows, wide.shape[1] - self.taps + 1, self.taps), np.float64, buffer=wide,
+                                 strides=(s_row, s_col, s_col))
             # Outputs m and m + p share a phase and their windows start q inputs apart: one strided
             # matrix-vector product per phase, no gather.
             for k in range(self.p):
