@@ -83,17 +83,30 @@ class Scratch:
     of a flat buffer kept under ``name`` and grown (doubling) only when too small. Its content is
     whatever the last user left; two arrays in use at once need two names."""
 
+    # Views are remembered per (name, shape, dtype), so a steady stream asks for the same ones again; a
+    # stream of ever-changing block sizes would add one per size, so past this many they are forgotten.
+    MAX_VIEWS = 512
+
     def __init__(self) -> None:
         self._flat: dict[str, np.ndarray] = {}
+        self._views: dict[tuple, np.ndarray] = {}
         self._ranges: dict[np.dtype, np.ndarray] = {}
 
     def __call__(self, name: str, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+        key = (name, shape, dtype)
+        view = self._views.get(key)
+        if view is not None:
+            return view
         size = math.prod(shape)
         buf = self._flat.get(name)
         if buf is None or buf.size < size or buf.dtype != dtype:
             buf = np.empty(max(size, 2 * buf.size if buf is not None else 1), dtype)
             self._flat[name] = buf
-        return buf[:size].reshape(shape)
+            self._views = {k: v for k, v in self._views.items() if k[0] != name}
+        if len(self._views) >= self.MAX_VIEWS:
+            self._views.clear()
+        view = self._views[key] = buf[:size].reshape(shape)
+        return view
 
     def arange(self, n: int, dtype: type = np.int64) -> np.ndarray:
         """[n] 0..n-1 of ``dtype`` (read-only; a view of a table grown on demand)."""

@@ -6,10 +6,11 @@ stream runs is in ``state`` (``EngineState``), in buffers the step updates in pl
 stream allocates nothing; ``Dereverberator`` only holds a plan and a state.
 
 Inside, audio may be resampled to the model's rate, loses its DC offset (``stream.dcblock``), is
-gathered into whole hops, run through the ONNX step, resampled back and queued. With a model that reports its pass-through share (``pass_share``), what the DC blocker removed takes a
-path around the model and is added back where the model passes its input through, so passed-through
-music keeps everything (``ShareBypass``). The output stage mixes in the dry input (``mix``) and limits
-the output to the input's peak.
+gathered into whole hops, run through the ONNX step, resampled back and queued. With a model that
+reports its pass-through share (``pass_share``), what the DC blocker removed takes a path around
+the model and is added back where the model passes its input through, so passed-through music keeps
+everything (``ShareBypass``). The output stage mixes in the dry input (``mix``) and limits the
+output to the input's peak.
 
 Why the output is identical for every block size: every stage emits all the output its input so far
 allows (the resampler's output count depends only on the total input count, the model runs on whole
