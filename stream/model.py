@@ -170,14 +170,91 @@ class StepModel:
         share = outs.pop() if self.has_pass_share else None
         return outs[0], share, {s.name: o for s, o in zip(self.states, outs[1:])}
 
+    def bind(self, channels: int, max_hops: int) -> BoundStep:
+        """Buffers and ONNX Runtime IO bindings for running up to ``max_hops`` hops per call in place."""
+        return BoundStep(self, channels, max_hops)
+
+    def run_bound(self, bound: BoundStep, hops: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """One step in place: ``bound.audio_in(hops)`` and ``bound.state`` -> (audio_out view [channels,
+        hops * hop], pass_share view [channels, hops] or None); ``bound.state`` becomes the new state.
+        The views stay valid until the next call. Same numbers as ``run_with_share``."""
+        return bound.run(hops)
+
+
+class BoundStep:
+    """The model's step bound to preallocated memory, so a call allocates no array.
+
+    ONNX Runtime reads the input audio and the state from, and writes the output audio, pass-through
+    share and next state into, buffers made here once (``InferenceSession.run_with_iobinding``); the
+    state lives in two sets that swap at each call (a graph's input and output must not share memory).
+    One binding per (hop count, state set), made on first use. ``run`` through a ``StepModel`` instead
+    creates every output as a new array and converts the inputs at each call.
+    """
+
+    def __init__(self, model: StepModel, channels: int, max_hops: int) -> None:
+        self.model, self.channels, self.max_hops = model, channels, max_hops
+        span = channels * max_hops * model.hop
+        self._audio = np.zeros(span, np.float32)
+        self._out = np.zeros(span, np.float32)
+        self._share = np.zeros(channels * max_hops, np.float32) if model.has_pass_share else None
+        self._states = (model.zero_state(channels), model.zero_state(channels))
+        self._cur = 0
+        self._bindings: dict[tuple[int, int], object] = {}
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        """The current state (the arrays the next call reads; overwritten in place by later calls)."""
+        return self._states[self._cur]
+
+    def load(self, state: dict[str, np.ndarray]) -> None:
+        """Make ``state`` (name -> array, e.g. ``StepModel.initial_state``) the current state."""
+        for name, value in self._states[self._cur].items():
+            np.copyto(value, state[name])
+
+    def audio_in(self, hops: int) -> np.ndarray:
+        """The input audio of the next ``hops``-hop call, a writable view [channels, hops * hop]."""
+        return self._audio[: self.channels * hops * self.model.hop].reshape(self.channels, -1)
+
+    def run(self, hops: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """See ``StepModel.run_bound``."""
+        if not 1 <= hops <= self.max_hops:
+            raise ValueError(f"hops must be within 1..{self.max_hops}, got {hops}")
+        key = (hops, self._cur)
+        binding = self._bindings.get(key)
+        if binding is None:
+            binding = self._bindings[key] = self._bind(hops)
+        self.model._session.run_with_iobinding(binding)
+        self._cur = 1 - self._cur
+        c = self.channels
+        y = self._out[: c * hops * self.model.hop].reshape(c, -1)
+        return y, (None if self._share is None else self._share[: c * hops].reshape(c, hops))
+
+    def _bind(self, hops: int):
+        c, hop = self.channels, self.model.hop
+        src, dst = self._states[self._cur], self._states[1 - self._cur]
+        binding = self.model._session.io_binding()
+
+        def ptr(a: np.ndarray) -> int:
+            return a.__array_interface__["data"][0]
+
+        audio, out = self.audio_in(hops), self._out[: c * hops * hop].reshape(c, -1)
+        binding.bind_input(AUDIO_IN, "cpu", 0, np.float32, list(audio.shape), ptr(audio))
+        binding.bind_output(AUDIO_OUT, "cpu", 0, np.float32, list(out.shape), ptr(out))
+        for s in self.model.states:
+            binding.bind_input(s.name, "cpu", 0, np.float32, list(src[s.name].shape), ptr(src[s.name]))
+            binding.bind_output(f"{s.name}_out", "cpu", 0, np.float32, list(dst[s.name].shape), ptr(dst[s.name]))
+        if self._share is not None:
+            binding.bind_output(PASS_SHARE, "cpu", 0, np.float32, [c, hops], ptr(self._share))
+        return binding
+
 
 def ort_session_options(threads: int = 1):
     """The onnxruntime ``SessionOptions`` every model session uses, with ``threads`` intra-op threads.
 
     Chosen by measurement (docs/onnxruntime.md, `python -m benchmarks.ort_settings`): one stream, one
     core; a sequential graph needs no inter-op pool, full graph optimisation is never slower, and the
-    default CPU arena and memory pattern cost nothing extra. IO binding is not used: with fresh numpy
-    outputs (which a pure run() needs) it is slower."""
+    default CPU arena and memory pattern cost nothing extra. The engine runs the step through IO
+    binding to preallocated buffers (``BoundStep``), which also skips run()'s per-call conversions."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from math import ceil, gcd
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+
+from stream.buffers import Fifo, Scratch
 
 # Outputs per polyphase phase above which one strided matrix-vector product per phase beats the
 # per-output gather (measured: the two break even at ~25 outputs per phase for 160 and 441 phases;
@@ -95,48 +96,103 @@ class Resampler:
         return ResamplerState(np.zeros((channels, self.taps - 1), np.float32), 0, 0)
 
     def step(self, x: np.ndarray, state: ResamplerState) -> tuple[np.ndarray, ResamplerState]:
-        """Resample a block: ``x`` float32 [channels, n] -> ([channels, k], new state).
+        """Resample a block: ``x`` float32 [channels, n] -> ([channels, k], new state). Pure.
 
         k is every output that the inputs so far allow, so the sum of k over calls depends only on
         the total input, never on how it was split into blocks.
         """
-        channels, n = x.shape
-        n_in = state.n_in + n
-        n_out = self.available(n_in)
-        buf = np.concatenate([state.history, x.astype(np.float32, copy=False)], axis=1)
-        # buf[:, i] holds input index i + offset.
-        offset = state.n_in - (self.taps - 1)
-        count = n_out - state.n_out
-        y = self._filter(buf, offset, state.n_out, count) if count else np.zeros((channels, 0), np.float32)
-        history = buf[:, buf.shape[1] - (self.taps - 1) :]
-        return y, ResamplerState(history.copy(), n_in, n_out)
+        stream = ResamplerStream(self, state.history.shape[0])
+        stream.history.drop(self.taps - 1)
+        stream.history.append(state.history)
+        stream.n_in, stream.n_out = state.n_in, state.n_out
+        out = Fifo(state.history.shape[0])
+        stream.push(x, out)
+        history = stream.history.head(self.taps - 1).copy()
+        return out.head(len(out)).copy(), ResamplerState(history, stream.n_in, stream.n_out)
 
-    def _filter(self, buf: np.ndarray, offset: int, m0: int, count: int) -> np.ndarray:
-        """Outputs ``m0 .. m0 + count - 1`` from ``buf`` (``buf[:, i]`` = input ``i + offset``), float32.
+    def filter_into(self, buf: np.ndarray, offset: int, m0: int, out: np.ndarray, scratch: Scratch) -> None:
+        """Outputs ``m0 .. m0 + count - 1`` into ``out`` float32 [channels, count] from ``buf`` (``buf[:, i]`` =
+        input ``i + offset``); temporaries come from ``scratch``.
 
         Accumulates in float64 and rounds once: both strategies below then give the same float32
         samples, so the output does not depend on how the input was split into blocks.
         """
+        rows, count = out.shape
         num0 = m0 * self.q - self.f
         first = num0 // self.p - offset - (self.taps - 1)  # window start of output m0 within buf
         if first < 0:
             # Only the very first output with an extra delay f > 0 reaches before the stream's start;
             # the taps that far back weigh exactly zero, pad so the window stays in range.
-            buf = np.concatenate([np.zeros((buf.shape[0], -first), buf.dtype), buf], axis=1)
+            buf = np.concatenate([np.zeros((rows, -first), buf.dtype), buf], axis=1)
             offset += first
-        windows = sliding_window_view(buf.astype(np.float64), self.taps, axis=1)  # [c, s, taps] = buf[c, s : s + taps]
+        wide = scratch("rs_buf", (rows, buf.shape[1]), np.float64)
+        np.copyto(wide, buf)
+        y = scratch("rs_y", (rows, count), np.float64)
         if count >= PER_PHASE_MIN_OUTPUTS * self.p:
+            s_row, s_col = wide.strides
+            # windows[c, s] = wide[c, s : s + taps], a strided view (made directly: as_strided costs more
+            # than a per-phase product here)
+            windows = np.ndarray((rows, wide.shape[1] - self.taps + 1, self.taps), np.float64, buffer=wide,
+                                 strides=(s_row, s_col, s_col))
             # Outputs m and m + p share a phase and their windows start q inputs apart: one strided
             # matrix-vector product per phase, no gather.
-            y = np.empty((buf.shape[0], count), np.float64)
             for k in range(self.p):
                 num = num0 + k * self.q
                 start = num // self.p - offset - (self.taps - 1)
                 n = (count - k + self.p - 1) // self.p
-                rows = windows[:, start : start + (n - 1) * self.q + 1 : self.q]  # [c, n, taps], a strided view
-                y[:, k :: self.p] = rows @ self._table_rev[num % self.p]
+                part = windows[:, start : start + (n - 1) * self.q + 1 : self.q]  # [c, n, taps], a strided view
+                if self.p == 1:
+                    np.matmul(part, self._table_rev[num % self.p], out=y)
+                else:
+                    prod = scratch("rs_phase", (rows, n), np.float64)
+                    np.matmul(part, self._table_rev[num % self.p], out=prod)
+                    y[:, k :: self.p] = prod
         else:
-            num = np.arange(m0, m0 + count, dtype=np.int64) * self.q - self.f
-            start = num // self.p - offset - (self.taps - 1)
-            y = np.einsum("cmt,mt->cm", windows[:, start], self._table_rev[num % self.p])
-        return y.astype(np.float32)
+            num = scratch("rs_num", (count,), np.int64)
+            np.multiply(scratch.arange(count), scratch.scalar("rs_q", self.q, np.int64), out=num)
+            num += scratch.scalar("rs_num0", num0, np.int64)
+            start = scratch("rs_start", (count,), np.int64)
+            p = scratch.scalar("rs_p", self.p, np.int64)
+            np.floor_divide(num, p, out=start)
+            start -= scratch.scalar("rs_first", offset + self.taps - 1, np.int64)
+            np.remainder(num, p, out=num)  # the phase of each output
+            # gathered[c, m] = windows[c, start[m]] = wide[c, start[m] : start[m] + taps], taken from the
+            # contiguous ``wide`` (a take from the strided view would copy all of it first).
+            index = scratch("rs_index", (count, self.taps), np.int64)
+            np.add(start[:, None], scratch.arange(self.taps)[None, :], out=index)
+            gathered = scratch("rs_windows", (rows, count, self.taps), np.float64)
+            np.take(wide, index, axis=1, out=gathered, mode="clip")  # indices are in range
+            coeffs = scratch("rs_coeffs", (count, self.taps), np.float64)
+            np.take(self._table_rev, num, axis=0, out=coeffs, mode="clip")
+            np.einsum("cmt,mt->cm", gathered, coeffs, out=y)
+        np.copyto(out, y, casting="same_kind")
+
+
+class ResamplerStream:
+    """A resampler's streaming state, updated in place: the last ``taps - 1`` inputs (a ``Fifo``), the input
+    and output counts, and scratch, so ``push`` allocates nothing in steady state."""
+
+    def __init__(self, resampler: Resampler, channels: int) -> None:
+        self.resampler = resampler
+        self.history = Fifo(channels, prefill=resampler.taps - 1)
+        self.n_in = 0
+        self.n_out = 0
+        self.scratch = Scratch()
+
+    def push(self, x: np.ndarray, out: Fifo) -> int:
+        """Resample ``x`` float32 [channels, n] and append every output the inputs so far allow to ``out``;
+        returns how many (the sum over calls depends only on the total input)."""
+        rs = self.resampler
+        n = x.shape[1]
+        n_in = self.n_in + n
+        n_out = rs.available(n_in)
+        count = n_out - self.n_out
+        self.history.append(x)
+        if count:
+            # history.head()[:, i] holds input index i + offset.
+            rs.filter_into(self.history.head(len(self.history)), self.n_in - (rs.taps - 1), self.n_out,
+                           out.tail(count), self.scratch)
+            out.commit(count)
+        self.history.drop(n)
+        self.n_in, self.n_out = n_in, n_out
+        return count

@@ -14,6 +14,7 @@ def _stream(d: Dereverberator, x: np.ndarray, sizes) -> np.ndarray:
     while i < x.shape[0]:
         n = sizes[k % len(sizes)]
         outs.append(d.process(x[i : i + n]))
+        assert outs[-1].shape == x[i : i + n].shape  # every block returns as many frames as it brought
         i, k = i + n, k + 1
     return np.concatenate(outs)
 
@@ -37,7 +38,7 @@ def test_block_size_invariance(default_model, rate, channels):
 @pytest.mark.parametrize("rate", [16000, 48000])
 def test_block_size_invariance_while_the_gate_passes_music(default_model, rate):
     # Music with a DC offset: the gate opens, so the DC blocker's complement is added back along the
-    # model's pass-through share (stream.engine._low_bypass), which must not depend on the blocks either.
+    # model's pass-through share (stream.engine.ShareBypass), which must not depend on the blocks either.
     import soundfile as sf
 
     from pathlib import Path
@@ -181,3 +182,120 @@ def test_streams_start_from_the_rest_state(default_model):
     for hops in (192, 576):
         err = float(np.abs(outs[hops] - outs[32]).max())
         assert err <= 5e-3 * peak, (hops, err, peak)  # measured: 0.045 % and 0.15 % of the peak
+
+
+def _demo(rate: int, channels: int) -> np.ndarray:
+    """The demo clip at ``rate``; as stereo, the clip and a shifted, quieter copy. [frames] or [frames, 2]."""
+    import soundfile as sf
+
+    from stream.demo import DEMO_CLIP
+    from stream.resample import Resampler
+
+    x, sr = sf.read(str(DEMO_CLIP), dtype="float32")
+    if rate != sr:
+        rs = Resampler(sr, rate)
+        x = rs.step(x[None, :], rs.initial_state(1))[0][0]
+    return x if channels == 1 else np.stack([x, np.roll(x, 1234) * np.float32(0.7)], axis=1)
+
+
+def _fingerprint(y: np.ndarray, parts: int = 8) -> list[tuple[float, float]]:
+    """Per part of ``y`` (in time): the sum of |y| and a fixed random +-1 projection, in float64."""
+    y = np.asarray(y, np.float64).reshape(y.shape[0], -1)
+    sign = np.where(np.random.default_rng(27).random(y.shape) < 0.5, -1.0, 1.0)
+    return [(float(np.abs(y[i]).sum()), float((y[i] * sign[i]).sum()))
+            for i in np.array_split(np.arange(y.shape[0]), parts)]
+
+
+# The demo clip streamed in blocks of a model hop's duration, then flushed: the fingerprint of the output
+# as the engine gave it when these numbers were recorded (onnxruntime 1.32, x86-64). A change to the
+# engine that moves any output sample by more than ~1e-5 shows here; a runtime that rounds differently
+# (another CPU's kernels) may need them recorded again, with a reason.
+RECORDED = {
+    (16000, 1, 256): [(637.434715, -2.639363), (400.001356, 11.115381), (500.834006, 1.902349),
+                      (651.294057, -2.878479), (533.901868, 3.715341), (421.986316, -2.340888),
+                      (488.326083, 2.670982), (217.501431, -1.886034)],
+    (48000, 2, 768): [(3129.200831, -11.0975), (1947.547442, -1.358913), (2479.652623, -20.658704),
+                      (3453.259789, 15.960516), (2480.312955, -8.813051), (2060.077288, -10.517453),
+                      (2541.927287, 1.76495), (1110.810747, 2.507922)],
+}
+
+
+@pytest.mark.parametrize("rate,channels,block", sorted(RECORDED))
+def test_demo_clip_output_is_the_recorded_one(default_model, rate, channels, block):
+    x = _demo(rate, channels)
+    d = Dereverberator(default_model, sample_rate=rate, channels=channels)
+    y = np.concatenate([_stream(d, x, [block]), d.flush().reshape(-1, *x.shape[1:])])
+    got = _fingerprint(y)
+    for part, (want, have) in enumerate(zip(RECORDED[(rate, channels, block)], got)):
+        assert have == pytest.approx(want, abs=1e-5), (part, have, want)
+
+
+@pytest.mark.parametrize("rate,channels,block,mix,clip", [
+    (16000, 1, 256, 1.0, "speech"),
+    (16000, 1, 1000, 0.5, "speech"),  # several hops per call, and the wet/dry mix
+    (48000, 2, 768, 1.0, "speech"),  # both resamplers (strided per-phase filter)
+    (44100, 2, 706, 1.0, "speech"),  # both resamplers (gathered filter)
+    (48000, 1, 768, 1.0, "music"),  # the gate passes music: the DC bypass is on
+])
+def test_a_steady_state_block_allocates_nothing(default_model, rate, channels, block, mix, clip):
+    """After the first blocks have sized the buffers, a block allocates no NumPy array: not in the engine,
+    not in ONNX Runtime's outputs (bound to preallocated memory). ``process`` without ``out`` allocates
+    the one array it returns."""
+    from tests.stream.allocations import counting
+
+    if clip == "speech":
+        x = _demo(rate, channels)
+    else:
+        import soundfile as sf
+
+        from pathlib import Path
+
+        from stream.resample import Resampler
+
+        x, sr = sf.read(str(Path(__file__).resolve().parents[1] / "data" / "music_brass.flac"), dtype="float32")
+        rs = Resampler(sr, rate)
+        x = rs.step(x[None, :] + np.float32(0.2), rs.initial_state(1))[0][0]
+    d = Dereverberator(default_model, sample_rate=rate, channels=channels, mix=mix)
+    blocks = [x[i : i + block] for i in range(0, x.shape[0] - block + 1, block)]
+    out = np.empty_like(blocks[0])
+    for b in blocks[:40]:
+        d.process(b, out=out)
+    if clip == "music":
+        assert float(d.state.bypasses[0].gain.min()) > 0.5  # the bypass is working during the count
+    with counting() as with_out:
+        for b in blocks[40:140]:  # the shortest case (1000-frame blocks at 16 kHz) has 214
+            d.process(b, out=out)
+    with counting() as without:
+        for b in blocks[140:200]:
+            d.process(b)
+    assert with_out.count == 0
+    assert without.count == 60
+
+
+def test_process_into_out_gives_the_same_output(default_model):
+    x = speechlike(1.0, 48000, 2, seed=8)
+    a, b = Dereverberator(default_model, sample_rate=48000, channels=2), Dereverberator(default_model, 48000, 2)
+    out = np.empty((480, 2), np.float32)
+    for i in range(0, x.shape[0], 480):
+        y = b.process(x[i : i + 480], out=out)
+        assert y is out and np.array_equal(a.process(x[i : i + 480]), out)
+    # In place: out may be the block itself (mono here).
+    ref, inplace = Dereverberator(default_model), Dereverberator(default_model)
+    for i in range(0, x.shape[0], 1000):
+        block = x[i : i + 1000, 0].copy()
+        want = ref.process(block)
+        assert np.array_equal(inplace.process(block, out=block), want)
+
+
+def test_a_copied_state_continues_alike(default_model):
+    # engine_step updates the state it is given; copy_state branches a stream.
+    from stream.engine import copy_state, engine_step, initial_state, make_plan
+
+    plan = make_plan(default_model, 48000, 1)
+    x = speechlike(1.0, 48000, 1, seed=9)[:, 0][None, :]
+    state = initial_state(plan)
+    engine_step(plan, x[:, :20000], state)
+    branch = copy_state(plan, state)
+    y1, _ = engine_step(plan, x[:, 20000:], state)
+    y2, _ = engine_step(plan, x[:, 20000:], branch)
+    assert np.array_equal(y1, y2) and np.abs(y1).max() > 1e-3

@@ -13,7 +13,7 @@ from tests.signals import speechlike
 
 
 class PoisonedModel:
-    """Wraps a StepModel; its ``run_with_share`` (which the engine calls) returns a NaN state, output and
+    """Wraps a StepModel; its ``run_bound`` (which the engine calls) leaves a NaN state, output and
     pass-through share on the calls listed in ``poison``."""
 
     def __init__(self, model, poison: set[int]) -> None:
@@ -22,18 +22,16 @@ class PoisonedModel:
     def __getattr__(self, name):
         return getattr(self._model, name)
 
-    def run_with_share(self, audio, state):
-        y, share, new = self._model.run_with_share(audio, state)
+    def run_bound(self, bound, hops):
+        y, share = self._model.run_bound(bound, hops)
         self.calls += 1
         if self.calls in self._poison:
-            new = {k: np.full_like(v, np.nan) for k, v in new.items()}
-            y = np.full_like(y, np.nan)
-            share = None if share is None else np.full_like(share, np.nan)
-        return y, share, new
-
-    def run(self, audio, state):
-        y, _, new = self.run_with_share(audio, state)
-        return y, new
+            for v in bound.state.values():
+                v.fill(np.nan)
+            y.fill(np.nan)
+            if share is not None:
+                share.fill(np.nan)
+        return y, share
 
 
 def _with_model(model) -> Dereverberator:
@@ -119,12 +117,12 @@ def test_dc_offset_is_removed_before_the_model(default_model, rate):
     # An offset present from the start decays in ~0.4 s (2 Hz high-pass). The clip opens on 0.24 s of
     # noise floor, which the shipped gate passes through until speech clears the hold (0.3 s), and where
     # it passes, the engine adds the blocker's complement (the offset) back, faded over 80 ms: so the
-    # comparison starts at 0.75 s. From 0.5 s: 0.24 at 16 kHz (session 12's head, which shut on the floor:
-    # 0.16); from 0.75 s: 0.04 (0.11).
+    # comparison starts at 0.75 s. Measured at 16 kHz: 0.24 from 0.5 s, 0.04 from 0.75 s (a gate head that
+    # shuts on the floor: 0.16 and 0.11).
     settled = slice(3 * rate // 4, None)
     assert abs(float(y[settled].mean())) < 1e-3
     err = np.sqrt(np.mean((y[settled] - clean[settled]) ** 2) / np.mean(clean[settled] ** 2))
-    # Without the DC blocker this error was 1.2 (offset 0.1) to 3.1 (offset 0.4). It is not ~0 because a
+    # Without the DC blocker this error is 1.2 (offset 0.1) to 3.1 (offset 0.4). It is not ~0 because a
     # recurrent model amplifies float rounding (the offset changes the input's rounding) over seconds.
     assert err < 0.2, err
 
@@ -133,8 +131,8 @@ def test_dc_offset_is_removed_before_the_model(default_model, rate):
 def test_music_the_gate_passes_keeps_its_dc(default_model, rate):
     """Where the model passes its input through (near-clean music: its gate), the engine adds back what
     the DC blocker removed, so the input comes out whole, offset included; on speech (the test above)
-    the blocker stays. Without the bypass this clip's offset was gone (mean ~0) and the clip came out
-    37.0 dB from its input; a DC-offset music render lost 8.6 dB SI-SDR to the blocker alone."""
+    the blocker stays. Without the bypass this clip's offset is gone (mean ~0) and the clip comes out
+    37.0 dB from its input; a DC-offset music render loses 8.6 dB SI-SDR to the blocker alone."""
     import soundfile as sf
 
     from pathlib import Path
@@ -174,11 +172,11 @@ def test_a_pause_before_music_with_an_offset_changes_nothing(default_model):
 @pytest.mark.parametrize("rate", [16000, 48000])
 def test_dc_blocker_leaves_the_voice_band_alone(rate):
     # The high-pass's phase shift is inaudible but counts in SI-SDR: with a 20 Hz cutoff a 100 Hz tone
-    # came out 14 dB from itself, which held dry speech to ~25 dB through the runtime (stream/dcblock.py).
+    # comes out 14 dB from itself, which holds dry speech to ~25 dB through the runtime (stream/dcblock.py).
     from stream import dcblock
 
     # Cosines start at their peak, like a stream or file that begins mid-sound: measured from the first
-    # sample, so a blocker that took that sample for an offset (as this one first did) fails here.
+    # sample, so a blocker that takes that sample for an offset fails here.
     t = np.arange(2 * rate) / rate
     for f, floor_db in ((100.0, -30.0), (300.0, -40.0)):
         x = np.cos(2 * np.pi * f * t).astype(np.float32)[None, :]

@@ -27,21 +27,20 @@ def test_demo_clip_gain_against_its_early50_target_is_pinned(default_model):
     early, _ = sf.read(str(DATA / "demo_early50.flac"), dtype="float32")
     assert si_sdr(x, early) == pytest.approx(3.22, abs=0.01)  # the clip and target are the pair
     gain = si_sdr(dereverb_array(x, sr, model=default_model), early) - si_sdr(x, early)
-    # Measured with the shipped model (320-unit LSTM, one bf16 run, the gate's head with a hidden layer,
-    # session 14): +1.89 dB. Session 12's linear head on the same weights: +2.06; the loss is not the
-    # clip's noise-floor lead-in (scored from 1 s on: +1.96 against +2.17) but one syllable at 7.9 s that
-    # the new head half takes for music (9 hops passed at ~0.8 against ~0.4), and pauses passed at
-    # 0.1-0.4 (docs/model.md, "A head with a hidden layer"). The three-stage weights of sessions 9-11:
-    # +2.04; the 256-unit stage 2 + gate before them: +1.83.
+    # Measured with the shipped model (320-unit LSTM, the gate's head with a hidden layer): +1.89 dB. A
+    # linear gate head on the same weights gives +2.06; the difference is not the clip's noise-floor
+    # lead-in (scored from 1 s on: +1.96 against +2.17) but one syllable at 7.9 s that the hidden-layer
+    # head half takes for music (9 hops passed at ~0.8 against ~0.4), and pauses passed at 0.1-0.4
+    # (docs/model.md, "A head with a hidden layer"; other weights' figures: docs/research.md).
     assert abs(gain - 1.89) < 0.1, gain
 
 
 def test_dry_music_passes_through(default_model):
     x, sr = sf.read(str(DATA / "music_brass.flac"), dtype="float32")
     y = dereverb_array(x, sr, model=default_model)
-    # Shipped model: 88.6 dB from its input (session 12's linear head: 53.0 dB; the three-stage weights
-    # of sessions 9-11: 44.2 dB). (The gate passes the brass through, and the engine adds back what the
-    # DC blocker removed where it does; what is left is mostly the first frames, before the gate is
-    # sure.) Without that bypass: 37.0 dB (the blocker's phase error). Stage 2 without the gate: 15.8 dB,
-    # the brass chord cut unevenly by up to 2.4 dB per octave.
+    # Shipped model: 88.6 dB from its input (a linear gate head on the same weights: 53.0 dB). The gate
+    # passes the brass through, and the engine adds back what the DC blocker removed where it does; what
+    # is left is mostly the first frames, before the gate is sure. Without that bypass: 37.0 dB (the
+    # blocker's phase error). The same network without the gate: 15.8 dB, the brass chord cut unevenly
+    # by up to 2.4 dB per octave.
     assert si_sdr(y, x) > 40.0
