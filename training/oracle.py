@@ -139,7 +139,7 @@ def _rls_estimate(m_spec: np.ndarray, late: np.ndarray, delay: int, taps: int, a
     recursive least squares (forgetting factor ``alpha``, :mod:`training.predictor`) from a zero
     filter: each frame is predicted with the filter fitted to the frames before it, as a streaming
     system would. The inverse correlation starts at ``I / (delta * sigma_f^2)``, sigma_f^2 the clip's
-    mean power per bin: delta is the prior's weight in frames' worth of power, 1..10 (a start a
+    mean power per bin: delta is the prior's weight in frames' worth of power, 1..30 (a start a
     thousand times larger, delta = 1e-3, overshoots and does not recover within a clip)."""
     cfg = PredictorConfig(taps=taps, delay=delay, lam=alpha, delta=delta)
     state = init_state(m_spec.shape[1], cfg, power=np.mean(np.abs(m_spec) ** 2, axis=0) + 1e-20)
