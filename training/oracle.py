@@ -134,12 +134,12 @@ def _wpe_estimate(m_spec: np.ndarray, psd: np.ndarray, delay: int, taps: int) ->
 
 
 def _rls_estimate(m_spec: np.ndarray, late: np.ndarray, delay: int, taps: int, alpha: float = 0.998,
-                  delta: float = 3.0) -> np.ndarray:
+                  delta: float = 10.0) -> np.ndarray:
     """Online prediction [frames, F] of ``late`` [frames, F] from past mixture frames, by per-bin
     recursive least squares (forgetting factor ``alpha``, :mod:`training.predictor`) from a zero
     filter: each frame is predicted with the filter fitted to the frames before it, as a streaming
     system would. The inverse correlation starts at ``I / (delta * sigma_f^2)``, sigma_f^2 the clip's
-    mean power per bin: delta is the prior's weight in frames' worth of power, 1..10 (a start a
+    mean power per bin: delta is the prior's weight in frames' worth of power, 1..30 (a start a
     thousand times larger, delta = 1e-3, overshoots and does not recover within a clip)."""
     cfg = PredictorConfig(taps=taps, delay=delay, lam=alpha, delta=delta)
     state = init_state(m_spec.shape[1], cfg, power=np.mean(np.abs(m_spec) ** 2, axis=0) + 1e-20)
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     pred.add_argument("--taps", type=int, nargs="+", default=[10], help="K, per-bin filter taps")
     pred.add_argument("--delay", type=int, nargs="+", default=[LP_DELAY], help="D, prediction delay in hops")
     pred.add_argument("--lam", type=float, nargs="+", default=[0.998], help="forgetting factor per hop")
-    pred.add_argument("--delta", type=float, nargs="+", default=[3.0], help="P starts at I / (delta * sigma_f^2)")
+    pred.add_argument("--delta", type=float, nargs="+", default=[10.0], help="P starts at I / (delta * sigma_f^2)")
     pred.add_argument("--f-max", type=float, nargs="+", default=[8000.0],
                       help="predict only bins up to this frequency in Hz (%(default)s = all)")
     pred.add_argument("--causal-start", action="store_true",

@@ -18,7 +18,7 @@ Numerics for streams of hours (float32 included):
   learn (0.998 ** -3750: 1800 times in a silent minute);
 * ``level[f]`` is a bias-corrected running mean (forgetting ``lam``, active hops only) of the
   regressor's power per tap, the scale of ``P``'s start and bound; a bin that has never been active
-  starts at its first active hop, with that hop's power;
+  measures it over its first ``settle`` active hops before it learns;
 * a hop louder than ``clip`` times the level (a burst) has its regressor and target scaled down to
   that, together (the relation between them is kept), so that it cannot fill the correlation for the
   minutes the forgetting factor takes to discard it;
@@ -51,14 +51,18 @@ class PredictorConfig:
         in units of the regressor's power.
     floor: regressor energy per tap (|X|^2, the model's STFT scale) below which a bin is not updated.
     clip: a hop's power is counted as at most this many times the running level (0 = no limit).
+    settle: active hops a bin only measures its level before it starts learning (P follows the start
+        value for that level, g stays zero): the first hops of a stream are often the quiet onset
+        of a sound, and a start scaled to them is far too uncertain.
     """
 
     taps: int = 10
     delay: int = 3
     lam: float = 0.998
-    delta: float = 3.0
+    delta: float = 10.0
     floor: float = 1e-10
     clip: float = 10.0
+    settle: int = 32
 
 
 def init_state(bins: int, cfg: PredictorConfig, power: np.ndarray | None = None,
@@ -103,9 +107,12 @@ def _update(state: dict[str, np.ndarray], x: np.ndarray, d: np.ndarray, cfg: Pre
     energy = (np.einsum("fk,fk->f", x.conj(), x).real / k).astype(real)  # [F] power per tap
     active = energy > cfg.floor
     fresh = active & (weight <= 0)
+    # Settling: the weight of n active hops from a fresh start is 1 - lam ** n.
+    settling = active & (weight < 1 - lam ** cfg.settle)
     # A hop far louder than the running level (a burst) is scaled down to ``clip`` x the level, so it
-    # cannot dominate the correlation for the next minutes.
-    capped = np.where(fresh | (cfg.clip <= 0), energy, np.minimum(energy, cfg.clip * level))
+    # cannot dominate the correlation for the next minutes; while the level is still being measured,
+    # no hop is.
+    capped = np.where(settling | (cfg.clip <= 0), energy, np.minimum(energy, cfg.clip * level))
     scale = np.sqrt(capped / np.maximum(energy, tiny)).astype(real)
     x, d = x * scale[:, None], d * scale
     # The level: a bias-corrected running mean (forgetting lam) of the capped power, over active hops.
@@ -139,6 +146,8 @@ def _update(state: dict[str, np.ndarray], x: np.ndarray, d: np.ndarray, cfg: Pre
     p_new = np.where(bad_p[:, None, None], start, p_new)
     g_new = np.where(bad_g[:, None], 0, g_new)
 
+    p_new = np.where(settling[:, None, None], start, p_new)
+    g_new = np.where(settling[:, None], g, g_new)
     keep = ~active
     return {"g": np.where(keep[:, None], g, g_new).astype(g.dtype, copy=False),
             "P": np.where(keep[:, None, None], p, p_new).astype(g.dtype, copy=False),

@@ -50,6 +50,26 @@ def test_learns_a_late_recursion_from_a_causal_start():
     _check_state(st, cfg)
 
 
+def test_a_fresh_bin_measures_its_level_before_it_learns():
+    # A stream's first hops are often a quiet onset: a start scaled to them alone is far too uncertain.
+    # A fresh bin only measures its level for ``settle`` active hops (P at the start value for the mean
+    # so far, g zero), then learns.
+    cfg = PredictorConfig(taps=2, settle=8)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((12, 1, 2)) + 1j * rng.standard_normal((12, 1, 2))
+    x[0] *= 1e-3  # a quiet first hop
+    st = init_state(1, cfg)
+    powers = []
+    for t in range(12):
+        st = update(st, x[t], np.ones(1, complex), cfg)
+        powers.append(np.mean(np.abs(x[t]) ** 2))
+        if t < cfg.settle - 1:
+            assert np.array_equal(st["g"], np.zeros((1, 2)))
+            assert np.allclose(st["P"][0], np.eye(2) / (cfg.delta * st["level"][0]))
+    assert st["level"][0] > 0.1 * np.mean(powers)  # not the quiet hop's level
+    assert np.abs(st["g"]).sum() > 0  # learning after the settling hops
+
+
 def test_float32_follows_float64_over_12_seconds():
     cfg = PredictorConfig()
     frames = int(12 * HOPS_PER_SECOND)
