@@ -18,6 +18,12 @@ from typing import NoReturn
 
 import pytest
 
+# torch's OpenMP threads spin while they wait: on this 2-core machine, busy with other work, two threads per
+# torch call made tests/export take 265 s of wall time where one thread took 57 s (the same tests, the same
+# load). The tests time nothing, so torch runs on one thread; code that sets its own count
+# (training's optim.threads) still does. Set before any test module imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def _program(name: str) -> Callable[[], bool]:
     return lambda: shutil.which(name) is not None
