@@ -111,6 +111,8 @@ def process_file(
         raise FileError(f"{src}: output would overwrite the input")
     if dst.exists() and not force:
         raise FileError(f"{dst}: output exists (use --force to overwrite)")
+    if src.is_file() and src.stat().st_size == 0:  # libsndfile would only say "Format not recognised"
+        raise FileError(f"{src}: empty file (0 bytes)")
     try:
         f = sf.SoundFile(str(src))
     except (sf.LibsndfileError, RuntimeError) as exc:

@@ -264,7 +264,7 @@ def test_unreadable_files_on_a_terminal_get_one_line_and_the_batch_goes_on(tmp_p
     assert "Traceback" not in screen, screen
     assert code == 1, screen
     errors = messages(screen)
-    assert len(errors) == 2 and "a_text.wav" in errors[0] and "c_empty.wav" in errors[1], screen
+    assert len(errors) == 2 and "a_text.wav" in errors[0] and "c_empty.wav: empty file (0 bytes)" in errors[1], screen
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["b_good.wav"]
     assert sf.info(str(tmp_path / "out" / "b_good.wav")).frames == 16000
 
