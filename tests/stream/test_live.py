@@ -471,7 +471,7 @@ def test_controls_keys():
 RATE, PERIOD = 48000, 256
 # Inline mode (--buffer-ms 0) runs the model step inside the callback, so it keeps its deadline only
 # where the step's worst case, with the machine's scheduling noise, fits one period. On a shared
-# nested-virtualisation VM (session 16, docs/live.md "On a shared VM host") its p99 callback at 256
+# nested-virtualisation VM (docs/live.md "On a shared VM host") its p99 callback at 256
 # frames (5.33 ms) was 2.2-2.8 ms in quiet minutes but 6-14 ms while the host stole CPU time. Even a
 # steal of 2.5-3 %, below STEAL_MAX, made a thread waking every 5.33 ms late by 2.4-2.8 ms at p99, which
 # is all the headroom inline has at 256 frames. That is the machine's speed, which the benchmark
