@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +37,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--model", type=Path, default=None, metavar="PATH",
                    help="ONNX model following the dereverb contract (default: the shipped model)")
-    g.add_argument("--threads", type=int, default=1, metavar="T",
+    g.add_argument("--threads", type=positive_int, default=1, metavar="T",
                    help="ONNX Runtime threads (default: 1, the fastest for streaming)")
 
 
@@ -50,7 +52,10 @@ def load_model(args: argparse.Namespace):
 
 def number(cast: type, low: float | None = None, high: float | None = None, low_open: bool = False,
            unit: str = ""):
-    """An argparse type: ``cast(text)`` within [low, high] (``low_open``: strictly above low)."""
+    """An argparse type: ``cast(text)`` within [low, high] (``low_open``: strictly above low).
+
+    NaN and infinities are refused: they pass no range check by comparison and would fail only later,
+    per file or mid-stream, instead of as a usage error before anything is touched."""
     kind = "an integer" if cast is int else "a number"
 
     def parse(text: str):
@@ -58,10 +63,12 @@ def number(cast: type, low: float | None = None, high: float | None = None, low_
             value = cast(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not {kind}: {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
         if low is not None and (value <= low if low_open else value < low):
             raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low}{unit}, got {value}")
         if high is not None and value > high:
-            raise argparse.ArgumentTypeError(f"must be within {low}..{high}, got {value}")
+            raise argparse.ArgumentTypeError(f"must be within {low}..{high}{unit}, got {value}")
         return value
 
     return parse
@@ -72,6 +79,11 @@ positive_int = number(int, 1)
 nonnegative_int = number(int, 0)
 positive_float = number(float, 0.0, low_open=True)
 positive_seconds = number(float, 0.0, low_open=True, unit=" seconds")
+# The engine's rate range (stream.engine.Dereverberator) and file mode's channel limit.
+sample_rate = number(int, 8000, 384000, unit=" Hz")
+channel_count = number(int, 1, 64)
+bench_seconds = number(float, 0.0, 600.0, low_open=True, unit=" seconds")  # the signal is held in memory
+buffer_ms = number(float, 0.0, 1000.0, unit=" ms")  # more than a second of buffering is not live
 
 
 # ---------------------------------------------------------------------------------------------- file
@@ -108,9 +120,18 @@ def _run_file(args: argparse.Namespace) -> int:
     results, failures = run_jobs(jobs, model, args.mix, args.block_size or DEFAULT_BLOCK, args.force, show)
     if not args.quiet:
         for r in results:
-            speed = r.seconds / r.elapsed if r.elapsed > 0 else float("inf")
-            print(f"{r.src} -> {r.dst}  ({r.seconds:.1f} s audio, {speed:.0f}x real time)")
+            print(f"{r.src} -> {r.dst}  ({describe_speed(r.frames, r.seconds, r.elapsed)})")
     return EXIT_FAILED if failures or errors else EXIT_OK
+
+
+def describe_speed(frames: int, seconds: float, elapsed: float) -> str:
+    """'12.3 s audio, 140x real time'; short files in ms and speeds below 10x with two significant digits,
+    so no figure rounds to a misleading 0 (a 1-frame file takes far longer than its 62.5 us to process)."""
+    length = f"{seconds:.1f} s" if seconds >= 1 else f"{frames} frame{'s' * (frames != 1)}, {1000 * seconds:.3g} ms"
+    if elapsed <= 0:
+        return f"{length} audio"
+    speed = seconds / elapsed
+    return f"{length} audio, {speed:.0f}x real time" if speed >= 10 else f"{length} audio, {speed:.2g}x real time"
 
 
 # ---------------------------------------------------------------------------------------------- demo
@@ -146,15 +167,80 @@ def _run_info(args: argparse.Namespace) -> int:
         return EXIT_OK
     c = m.card
     lat = m.step_latency + m.hop - 1
-    print(f"model        {m.path}")
-    print(f"name         {c.get('name')} {c.get('version', '')}")
-    print(f"architecture {c.get('architecture', '?')}")
-    print(f"rate / hop   {m.sample_rate} Hz / {m.hop} samples ({1000 * m.hop / m.sample_rate:.1f} ms)")
-    print(f"latency      {lat} samples ({1000 * lat / m.sample_rate:.2f} ms) at the model's rate")
-    print(f"parameters   {c.get('parameters', '?'):,}" if isinstance(c.get("parameters"), int) else "parameters   ?")
-    for s in m.states:
-        print(f"state        {s.name} {['channels' if d is None else d for d in s.shape]}")
+    rows = [
+        ("model", str(m.path)),
+        ("name", f"{c.get('name')} {c.get('version', '')}".strip()),
+        ("architecture", str(c.get("architecture", "?"))),
+        ("rate / hop", f"{m.sample_rate} Hz / {m.hop} samples ({1000 * m.hop / m.sample_rate:.1f} ms)"),
+        ("latency", f"{lat} samples ({1000 * lat / m.sample_rate:.2f} ms) at the model's rate"),
+        ("parameters", f"{c['parameters']:,}" if isinstance(c.get("parameters"), int) else "?"),
+    ]
+    rows += [("state", f"{s.name} {format_shape(s.shape)}") for s in m.states]
+    rows += [("training", line) for line in training_lines(c)] or [("training", "not in the card")]
+    rows += [("metrics", line) for line in metrics_lines(c)] or [("metrics", "not in the card")]
+    rows += [("known limit", line) for line in c.get("known_limits", [])]
+    print("\n".join(f"{k:<12} {v}" for k, v in rows))
     return EXIT_OK
+
+
+def format_shape(shape) -> str:
+    """A state shape as the card writes it: ``[channels, 256]`` (the channel axis is ``None`` in a StateSpec)."""
+    return "[" + ", ".join("channels" if d is None else str(d) for d in shape) + "]"
+
+
+def training_lines(card: dict) -> list[str]:
+    """What the model was trained on and for how long, from the card's ``training`` section."""
+    t = card.get("training")
+    if not isinstance(t, dict):
+        return []
+    lines = []
+    data = t.get("data", {})
+    hours = data.get("corpus_hours", {})
+    if hours:
+        speech, music = hours.get("train_speech", 0.0), hours.get("train_music", 0.0)
+        voices = data.get("voices", {}).get("train", [])
+        lines.append(f"{speech:.1f} h of speech ({len(voices)} TTS voices) and {music:.1f} h of music")
+    rooms = data.get("rooms", {})
+    if rooms.get("count"):
+        rt60 = rooms.get("rt60_s", [])
+        span = f", RT60 {rt60[0]:.2f}-{rt60[1]:.2f} s" if len(rt60) == 2 else ""
+        lines.append(f"{rooms['count'].get('train', '?')} simulated rooms{span}")
+    stages = [st for st in t.get("stages", []) if isinstance(st, dict) and "epochs" in st] or (
+        [{"epochs": t["epochs"], "train_seconds": t.get("train_seconds")}] if "epochs" in t else [])
+    for i, st in enumerate(stages, 1):
+        took = f" in {st['train_seconds'] / 60:.0f} min" if isinstance(st.get("train_seconds"), (int, float)) else ""
+        lines.append((f"stage {i}: " if len(stages) > 1 else "") + f"{st['epochs']} epochs{took}")
+    return lines
+
+
+# The card's metric groups, in the order a reader wants them, and the columns shown for each.
+METRIC_GROUPS = [("rt60<0.4", "RT60 < 0.4 s"), ("rt60 0.4-0.8", "RT60 0.4-0.8 s"), ("rt60>0.8", "RT60 > 0.8 s"),
+                 ("dry", "dry speech"), ("music", "music")]
+METRIC_COLUMNS = [("d_si_sdr_direct", "dSI-SDR direct", "{:+.3f} dB"), ("d_si_sdr_early", "dSI-SDR early-50",
+                  "{:+.3f} dB"), ("d_pesq", "dPESQ-WB", "{:+.2f}"), ("d_estoi", "dESTOI", "{:+.3f}"),
+                  ("d_dnsmos_ovrl", "dDNSMOS OVRL", "{:+.2f}")]
+
+
+def metrics_lines(card: dict) -> list[str]:
+    """The held-out test results of the card's ``metrics`` section as a small table (gains over the input)."""
+    metrics = card.get("metrics")
+    summary = metrics.get("summary") if isinstance(metrics, dict) else None
+    if not isinstance(summary, dict):
+        return []
+    rows = [(label, summary[key]["ours"]) for key, label in METRIC_GROUPS if "ours" in summary.get(key, {})]
+    if not rows:
+        return []
+    counts = metrics.get("test_set", {}).get("counts", {})
+    source = metrics.get("source")
+    head = f"held-out test set, {sum(counts.values())} examples" if counts else "held-out test set"
+    lines = [head + (f" ({source})" if source else "")]
+    width = max(len(label) for label, _ in rows)
+    lines.append(" " * width + "".join(f"  {title}" for _, title, _ in METRIC_COLUMNS))
+    for label, ours in rows:
+        cells = "".join(f"  {fmt.format(ours[key]) if key in ours else '-':>{len(title)}}"
+                        for key, title, fmt in METRIC_COLUMNS)
+        lines.append(f"{label:<{width}}{cells}")
+    return lines
 
 
 # --------------------------------------------------------------------------------------------- bench
@@ -174,19 +260,18 @@ def _add_bench(sub) -> None:
                                    "and the peak memory. Run it on an otherwise idle machine.")
     p.add_argument("--block-sizes", type=block_sizes, default=(32, 64, 128, 256, 512, 1024), metavar="N,N,..",
                    help="frames per block at the stream's rate (default: 32,64,128,256,512,1024)")
-    p.add_argument("--samplerate", type=positive_int, default=None, metavar="SR",
-                   help="stream sample rate in Hz (default: the model's; others are resampled inside)")
-    p.add_argument("--channels", type=positive_int, default=1, metavar="C", help="channels (default: 1)")
-    p.add_argument("--seconds", type=positive_seconds, default=10.0, metavar="S",
-                   help="seconds of audio streamed per block size (default: 10)")
+    p.add_argument("--samplerate", type=sample_rate, default=None, metavar="SR",
+                   help="stream sample rate in Hz, 8000..384000 (default: the model's; others are resampled "
+                        "inside)")
+    p.add_argument("--channels", type=channel_count, default=1, metavar="C", help="channels, 1..64 (default: 1)")
+    p.add_argument("--seconds", type=bench_seconds, default=10.0, metavar="S",
+                   help="seconds of audio streamed per block size, up to 600 (default: 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     add_model_options(p)
     p.set_defaults(run=_run_bench)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    import os
-
     from stream.bench import busy_warning, run_bench
 
     warning = busy_warning(os.getloadavg()[0], os.cpu_count() or 1)
@@ -222,11 +307,11 @@ def _add_live(sub) -> None:
                    help="input device: index or name substring (default: the system default)")
     p.add_argument("-o", "--output-device", type=parse_device, default=None, metavar="DEV",
                    help="output device: index or name substring (default: the system default)")
-    p.add_argument("--samplerate", type=positive_int, default=None, metavar="SR",
-                   help="stream rate in Hz (default: the input device's own rate)")
+    p.add_argument("--samplerate", type=sample_rate, default=None, metavar="SR",
+                   help="stream rate in Hz, 8000..384000 (default: the input device's own rate)")
     p.add_argument("--blocksize", type=nonnegative_int, default=0, metavar="N",
                    help="frames per callback (default 0: the host's choice, e.g. the JACK period)")
-    p.add_argument("--channels", type=positive_int, default=None, metavar="C",
+    p.add_argument("--channels", type=channel_count, default=None, metavar="C",
                    help="channels to process (default: min(2, input channels, output channels); "
                         "mono is copied to both outputs)")
     p.add_argument("--latency", type=latency_value, default="low", metavar="low|high|SECONDS",
@@ -237,9 +322,9 @@ def _add_live(sub) -> None:
     p.add_argument("--duration", type=positive_float, default=None, metavar="S",
                    help="stop after S seconds (default: run until q or Ctrl-C)")
     p.add_argument("--stats", type=Path, default=None, metavar="PATH", help="write the summary as JSON")
-    p.add_argument("--buffer-ms", type=number(float, 0.0, unit=" ms"), default=20.0, metavar="MS",
+    p.add_argument("--buffer-ms", type=buffer_ms, default=20.0, metavar="MS",
                    help="run the model on a worker thread behind MS ms of buffering (default 20: rides out "
-                        "CPU spikes, see docs/live.md); 0 = inside the audio callback, 20 ms less latency "
+                        "CPU spikes, see docs/live.md; at most 1000); 0 = inside the audio callback, 20 ms less latency "
                         "but more xruns on a busy machine")
     p.add_argument("--passthrough", action="store_true",
                    help="copy input to output without the model: a baseline for latency and xruns")
@@ -275,7 +360,6 @@ def _run_devices(args: argparse.Namespace) -> int:
 
 
 def _run_live(args: argparse.Namespace) -> int:
-    import os
 
     from stream.devices import AudioDeviceError
     from stream.live import LiveConfig, prepare, run_live
@@ -332,14 +416,21 @@ def _raise_terminated(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     import signal
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return args.run(args)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit:  # --help, --version and usage errors print, then exit: flush inside the guard
+            sys.stdout.flush()
+            raise
+        code = args.run(args)
+        sys.stdout.flush()  # a closed pipe shows on the last flush: raise it here, not at interpreter exit
+        return code
     except CliError as exc:
         print(f"dereverb: error: {exc}", file=sys.stderr)
         return exc.code
+    except BrokenPipeError:
+        return _stdout_closed()
     except KeyboardInterrupt:
         print("dereverb: interrupted", file=sys.stderr)
         return 130
@@ -348,6 +439,19 @@ def main(argv: list[str] | None = None) -> int:
         return 143
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+EXIT_PIPE = 128 + 13  # what a shell reports for a Unix tool that SIGPIPE ended: the reader went away
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``dereverb info --json | head -1``): stop quietly, as Unix tools do.
+
+    Whatever Python still holds for stdout goes to /dev/null, so the flush at exit cannot raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_PIPE
 
 
 if __name__ == "__main__":

@@ -50,16 +50,27 @@ class FileResult:
 
 
 def plan_jobs(inputs: Iterable[Path], output: Path | None, out_dir: Path | None) -> tuple[list[Job], list[str]]:
-    """Expand files and folders into (src, dst) jobs. Returns (jobs, errors for inputs that yield none)."""
+    """Expand files and folders into (src, dst) jobs. Returns (jobs, errors for inputs that yield none).
+
+    A folder is scanned recursively, except for the output folder when it lies inside the input folder:
+    outputs of an earlier run are never taken for inputs of the next one.
+    """
     jobs: list[Job] = []
     errors: list[str] = []
+    out_root = out_dir.resolve() if out_dir is not None else None
     for src in inputs:
         if not src.exists():
             errors.append(f"{src}: no such file or folder")
         elif src.is_dir():
-            found = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+            if out_root is not None and out_root == src.resolve():
+                errors.append(f"{src}: the output folder is this input folder (outputs would overwrite the inputs)")
+                continue
+            nested = out_root is not None and out_root.is_relative_to(src.resolve())
+            found = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
+                           and not (nested and p.resolve().is_relative_to(out_root)))
             if not found:
-                errors.append(f"{src}: folder holds no audio files")
+                errors.append(f"{src}: folder holds no audio files"
+                              + (" outside the output folder" if nested else ""))
             for p in found:
                 jobs.append(Job(p, (out_dir or src) / p.relative_to(src)))
         elif output is not None:
@@ -100,6 +111,8 @@ def process_file(
         raise FileError(f"{src}: output would overwrite the input")
     if dst.exists() and not force:
         raise FileError(f"{dst}: output exists (use --force to overwrite)")
+    if src.is_file() and src.stat().st_size == 0:  # libsndfile would only say "Format not recognised"
+        raise FileError(f"{src}: empty file (0 bytes)")
     try:
         f = sf.SoundFile(str(src))
     except (sf.LibsndfileError, RuntimeError) as exc:
@@ -197,19 +210,26 @@ def _reason(exc: BaseException) -> str:
 
 def run_jobs(jobs: list[Job], model: StepModel, mix: float, block: int, force: bool, show_progress: bool,
              log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> tuple[list[FileResult], int]:
-    """Process every job; one failing file does not stop the others. Returns (results, failures)."""
+    """Process every job; one failing file does not stop the others. Returns (results, failures).
+
+    A failing file's line is logged after its progress bar is cleared, so on a terminal it stands alone.
+    """
     results, failures = [], 0
     for i, job in enumerate(jobs):
         bar = _progress_bar(job, i, len(jobs)) if show_progress else None
+        error: FileError | None = None
         try:
-            res = process_file(job, model, mix, block, force, bar.update if bar else None)
+            res = process_file(job, model, mix, block, force, None if bar is None else bar.update)
         except FileError as exc:
-            failures += 1
-            log(f"dereverb: error: {exc}")
-            continue
+            error = exc
         finally:
-            if bar:
+            # ``is not None``: a bar without a known total (an unreadable file) refuses ``bool()``.
+            if bar is not None:
                 bar.close()
+        if error is not None:
+            failures += 1
+            log(f"dereverb: error: {error}")
+            continue
         for w in res.warnings:
             log(f"dereverb: warning: {w}")
         results.append(res)

@@ -9,6 +9,7 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime.quantization")
 
 
+@pytest.mark.slow
 def test_lstm_cost_reports_the_int8_invariance_loss(capsys):
     from benchmarks.lstm_cost import WIDTHS, main
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -208,3 +210,213 @@ def test_output_has_normal_file_permissions(wav, tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+# ------------------------------------------------------------------------------ at a terminal (a pty)
+def run_on_terminal(*args: str, timeout: float = 120.0) -> tuple[int, str]:
+    """Run the CLI with stdin, stdout and stderr on a pseudo-terminal, as a person at a terminal runs it
+    (progress bars on). Returns (exit code, everything the terminal showed)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    import time
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    proc = subprocess.Popen([sys.executable, "-m", "stream.cli", *args], stdin=slave, stdout=slave, stderr=slave,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    os.close(slave)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the process and its children closed the terminal
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+        else:
+            proc.kill()
+            pytest.fail(f"dereverb {' '.join(args)} did not finish in {timeout} s on a terminal")
+        code = proc.wait(timeout=30)
+    finally:
+        os.close(master)
+    return code, b"".join(chunks).decode(errors="replace")
+
+
+def messages(screen: str) -> list[str]:
+    """The 'dereverb: error/warning: ...' lines a terminal showed (progress-bar redraws stripped)."""
+    return re.findall(r"dereverb: (?:error|warning): [^\r\n]*", screen)
+
+
+def test_unreadable_files_on_a_terminal_get_one_line_and_the_batch_goes_on(tmp_path):
+    src = tmp_path / "talks"
+    src.mkdir()
+    sf.write(str(src / "b_good.wav"), speechlike(1.0, 16000, 1, seed=4), 16000, subtype="PCM_16")
+    (src / "a_text.wav").write_text("a text file named .wav\n")
+    (src / "c_empty.wav").write_bytes(b"")
+    code, screen = run_on_terminal("file", str(src), "--out-dir", str(tmp_path / "out"))
+    assert "frame/s" in screen, "no progress bar: the terminal path was not taken"
+    assert "Traceback" not in screen, screen
+    assert code == 1, screen
+    errors = messages(screen)
+    assert len(errors) == 2 and "a_text.wav" in errors[0] and "c_empty.wav: empty file (0 bytes)" in errors[1], screen
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["b_good.wav"]
+    assert sf.info(str(tmp_path / "out" / "b_good.wav")).frames == 16000
+
+    code, screen = run_on_terminal("file", str(src / "a_text.wav"), "-o", str(tmp_path / "one.wav"))
+    assert code == 1 and "Traceback" not in screen, screen
+    assert len(messages(screen)) == 1 and "a_text.wav" in messages(screen)[0], screen
+    assert not (tmp_path / "one.wav").exists()
+
+
+# -------------------------------------------------------------------------- outputs are never inputs
+def test_an_output_folder_inside_the_input_folder_is_never_scanned(tmp_path):
+    talks = tmp_path / "talks"
+    (talks / "day2").mkdir(parents=True)
+    sf.write(str(talks / "a.wav"), speechlike(0.5, 16000, 1, seed=1), 16000)
+    sf.write(str(talks / "day2" / "b.flac"), speechlike(0.5, 16000, 1, seed=2), 16000)
+    expected = ["clean/a.wav", "clean/day2/b.flac", "a.wav", "day2/b.flac"]
+    for extra in ([], ["--force"]):
+        r = run("file", str(talks), "--out-dir", str(talks / "clean"), *extra)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.count(" -> ") == 2, r.stdout
+        assert sorted(str(p.relative_to(talks)) for p in talks.rglob("*") if p.is_file()) == sorted(expected)
+    # A folder that holds nothing but earlier outputs has nothing to do; the input folder itself as the
+    # output folder would overwrite every input.
+    only_outputs = tmp_path / "only"
+    (only_outputs / "out").mkdir(parents=True)
+    sf.write(str(only_outputs / "out" / "x.wav"), speechlike(0.5, 16000, 1), 16000)
+    r = run("file", str(only_outputs), "--out-dir", str(only_outputs / "out"), "--quiet")
+    assert r.returncode == 1 and "no audio files outside the output folder" in r.stderr, r.stderr
+    r = run("file", str(talks), "--out-dir", str(talks), "--force", "--quiet")
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1 and "overwrite the inputs" in r.stderr, r.stderr
+    # An output folder that holds the input folder is not inside it: the input is scanned as usual.
+    r = run("file", str(talks / "day2"), "--out-dir", str(talks), "--force", "--quiet")
+    assert r.returncode == 0 and (talks / "b.flac").exists(), r.stderr
+
+
+# ------------------------------------------------------------------------------------- closed stdout
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["info"], ["info", "--json"], ["file"], ["demo"],
+                                  ["bench", "--seconds", "0.5", "--block-sizes", "256", "--json"]],
+                         ids=lambda a: " ".join(a))
+def test_a_closed_stdout_ends_quietly(tmp_path, wav, args):
+    """`dereverb info --json | head -1`: the reader went away; no traceback, the exit status of SIGPIPE."""
+    if args == ["file"]:
+        args = ["file", str(wav), "-o", str(tmp_path / "o.wav")]
+    elif args == ["demo"]:
+        args = ["demo", "--out-dir", str(tmp_path / "d")]
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the first write: every write fails with EPIPE
+    try:
+        r = subprocess.run([sys.executable, "-m", "stream.cli", *args], stdout=write_end, stderr=subprocess.PIPE,
+                           text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    finally:
+        os.close(write_end)
+    # argparse itself ignores a failed write of --help (exit 0); everything else ends as SIGPIPE would end it
+    assert r.returncode == 141 or (args[0].startswith("--") and r.returncode == 0), r.stderr
+    assert [ln for ln in r.stderr.splitlines() if not ln.startswith(("  measuring", "dereverb: warning:"))] == [], \
+        r.stderr
+    if args[0] == "file":
+        assert sf.info(args[3]).frames == sf.info(str(wav)).frames  # the work itself was done
+
+
+# ------------------------------------------------------------------------ numeric options are checked
+@pytest.mark.parametrize("args", [
+    ["file", "IN", "-o", "OUT", "--mix", "nan"], ["file", "IN", "-o", "OUT", "--mix", "inf"],
+    ["file", "IN", "-o", "OUT", "--block-size", "1e3"], ["file", "IN", "-o", "OUT", "--threads", "0"],
+    ["bench", "--seconds", "inf"], ["bench", "--seconds", "nan"], ["bench", "--seconds", "1e9"],
+    ["bench", "--samplerate", "100"], ["bench", "--samplerate", "1000000"], ["bench", "--channels", "65"],
+    ["bench", "--threads", "-1"], ["live", "--duration", "inf"], ["live", "--duration", "nan"],
+    ["live", "--buffer-ms", "nan"], ["live", "--buffer-ms", "1e6"], ["live", "--latency", "nan"],
+    ["live", "--latency", "-inf"], ["live", "--samplerate", "4000"], ["live", "--channels", "0"],
+    ["live", "--mix", "-inf"], ["info", "--threads", "nan"],
+], ids=lambda a: " ".join(x for x in a if x not in ("IN", "OUT", "-o")))
+def test_non_finite_and_out_of_range_numbers_are_usage_errors(tmp_path, capsys, args):
+    from stream.cli import main
+
+    src = tmp_path / "in.wav"
+    sf.write(str(src), speechlike(0.5, 16000, 1), 16000)
+    args = [str(src) if a == "IN" else str(tmp_path / "out.wav") if a == "OUT" else a for a in args]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {args[-2]}" in err or args[-2] in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav"]
+
+
+def test_nan_mix_is_refused_before_any_file_is_touched(tmp_path, wav):
+    r = run("file", str(wav), "--out-dir", str(tmp_path / "o"), "--mix", "nan")
+    assert r.returncode == 2 and "finite" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_rate_range_is_the_engines(default_model):
+    from stream.cli import sample_rate
+    from stream.engine import Dereverberator
+
+    for rate in (8000, 384000):
+        assert sample_rate(str(rate)) == rate
+        Dereverberator(model=default_model, sample_rate=rate, channels=1)
+    for rate in (7999, 384001):
+        with pytest.raises(argparse.ArgumentTypeError):
+            sample_rate(str(rate))
+        with pytest.raises(ValueError):
+            Dereverberator(model=default_model, sample_rate=rate, channels=1)
+
+
+# ------------------------------------------------------------------------------------------ info, speed
+def test_info_shows_training_metrics_and_readable_state_shapes(capsys):
+    from stream.cli import main
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    rows = {}
+    for line in out.splitlines():
+        rows.setdefault(line[:12].strip(), []).append(line[13:])
+    assert "analysis [channels, 256]" in rows["state"] and "lstm_h [2, channels, 320]" in rows["state"]
+    assert "'" not in "".join(rows["state"])
+    assert any(re.fullmatch(r"\d+\.\d h of speech \(\d+ TTS voices\) and \d+\.\d h of music", t) for t in rows["training"])
+    assert any(re.fullmatch(r"\d+ simulated rooms, RT60 [\d.]+-[\d.]+ s", t) for t in rows["training"])
+    assert any("epochs in" in t for t in rows["training"])
+    table = "\n".join(rows["metrics"])
+    assert "held-out test set, 96 examples" in table and "dSI-SDR early-50" in table
+    # the shipped card's own figure, as the card holds it
+    import json
+
+    card = json.loads((Path(__file__).parents[2] / "models" / "dereverb-lstm-16k.json").read_text())
+    early = card["metrics"]["summary"]["rt60 0.4-0.8"]["ours"]["d_si_sdr_early"]
+    assert re.search(r"RT60 0\.4-0\.8 s .*" + re.escape(f"{early:+.3f} dB"), table), table
+    assert len(rows["known limit"]) == len(card["known_limits"])
+
+
+def test_info_of_a_card_without_training_or_metrics_says_so(tiny_onnx):
+    r = run("info", "--model", str(tiny_onnx))
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^metrics +not in the card$", r.stdout, re.M), r.stdout
+
+
+def test_a_one_frame_file_reports_a_speed_that_is_not_zero(tmp_path):
+    src = tmp_path / "one.wav"
+    sf.write(str(src), np.full((1, 1), 0.25, np.float32), 16000, subtype="PCM_16")
+    r = run("file", str(src), "-o", str(tmp_path / "o.wav"))
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"\((1 frame, 0\.0625 ms audio), ([0-9.e+-]+)x real time\)", r.stdout)
+    assert m and float(m.group(2)) > 0, r.stdout
+
+
+@pytest.mark.parametrize("frames, seconds, elapsed, text", [
+    (1, 1 / 16000, 0.01, "1 frame, 0.0625 ms audio, 0.0063x real time"),
+    (160, 0.01, 0.002, "160 frames, 10 ms audio, 5x real time"),
+    (480000, 30.0, 0.2, "30.0 s audio, 150x real time"),
+    (16000, 1.0, 0.0, "1.0 s audio"),
+])
+def test_describe_speed(frames, seconds, elapsed, text):
+    from stream.cli import describe_speed
+
+    assert describe_speed(frames, seconds, elapsed) == text

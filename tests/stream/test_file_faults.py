@@ -354,7 +354,7 @@ def _rss_kb() -> int:
 
 
 @pytest.mark.parametrize("hours,max_growth_mb", [
-    pytest.param(10 / 60, 20, id="ten_minutes"),
+    pytest.param(10 / 60, 20, id="ten_minutes", marks=pytest.mark.slow),
     pytest.param(10.0, 5, id="ten_hours", marks=pytest.mark.soak),
 ])
 def test_long_stream_constant_memory(default_model, hours, max_growth_mb):

@@ -26,6 +26,7 @@ from stream.devices import (AudioDeviceError, DeviceInfo, StreamSetup, _quiet_st
 from stream.live import Fifo, InlineProcessor, LiveConfig, WorkerProcessor, prepare
 from stream.live_report import TimingRing, format_summary, make_summary, write_stats
 from stream.live_ui import Controls
+from tests.conftest import debian_unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIRED_KEYS = {"duration_s", "xruns", "input_overflows", "output_underflows", "block_ms", "latency_ms",
@@ -390,6 +391,7 @@ def test_xrun_flags_are_counted_once_per_callback():
 
 
 # ------------------------------------------------------------------------------------- stats, controls
+@pytest.mark.slow
 @pytest.mark.parametrize("phase", [0, 5, 767])
 def test_file_mode_reference_finds_the_framing_phase(default_model, phase):
     from stream.engine import dereverb_array
@@ -544,7 +546,7 @@ class JackRig:
         from benchmarks.live_measure import JackServer, JackUnavailable
 
         if self.unavailable is not None:
-            pytest.skip(f"no JACK server could be started: {self.unavailable}")
+            debian_unavailable(["jackd2"], f"no JACK server could be started: {self.unavailable}")
         if self.server is not None and self.server.period == period:
             return self.server
         self.close()
@@ -553,7 +555,7 @@ class JackRig:
             server.start()
         except JackUnavailable as exc:
             self.unavailable = str(exc)
-            pytest.skip(f"no JACK server could be started: {exc}")
+            debian_unavailable(["jackd2"], f"no JACK server could be started: {exc}")
         self.server = server
         return server
 
@@ -566,7 +568,7 @@ class JackRig:
             try:
                 self.sd = ctx.__enter__()
             except JackUnavailable as exc:
-                pytest.skip(str(exc))
+                debian_unavailable(["jackd2", "libportaudio2"], str(exc))
             self._portaudio = ctx
         return self.sd
 
@@ -702,6 +704,8 @@ LIVE_MODES = {
 }
 
 
+@pytest.mark.jack
+@pytest.mark.debian("jackd2", "libportaudio2")
 @pytest.mark.parametrize("mode", LIVE_MODES)
 def test_live_through_jack(jack_rig, tmp_path, mode):
     """Probe -> dereverb live -> probe: the processed signal arrives, its lag is the reported latency,
@@ -714,6 +718,8 @@ def test_live_through_jack(jack_rig, tmp_path, mode):
     _run_probe_test(jack_rig, tmp_path, mode, match_file_mode=False)
 
 
+@pytest.mark.jack
+@pytest.mark.debian("jackd2", "libportaudio2")
 @pytest.mark.parametrize("mode", LIVE_MODES)
 def test_live_through_jack_matches_file_mode(jack_rig, tmp_path, mode):
     """After alignment, live output equals file mode's on the same input, apart from xrun stretches."""
@@ -804,6 +810,8 @@ def _live_runs_through_jack(jack, probe, x: np.ndarray, expected: np.ndarray, tm
     return problems, {name: run.steal_fraction for name, run in runs.items()}
 
 
+@pytest.mark.jack
+@pytest.mark.debian("jackd2", "libportaudio2")
 @pytest.mark.parametrize("args, needle", [
     (["--samplerate", "44100"], "does not support 44100 Hz"),
     (["--channels", "3"], "has 2 input channel(s), --channels asks 3"),
@@ -818,6 +826,8 @@ def test_live_errors_through_jack(jack, args, needle):
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
 
 
+@pytest.mark.jack
+@pytest.mark.debian("jackd2", "libportaudio2")
 def test_devices_lists_jack(jack):
     for argv in (["devices"], ["live", "--list-devices"]):
         r = subprocess.run([sys.executable, "-m", "stream.cli", *argv], capture_output=True, text=True,
@@ -826,6 +836,8 @@ def test_devices_lists_jack(jack):
         assert "system" in r.stdout and "JACK Audio Connection Kit" in r.stdout and "48000" in r.stdout
 
 
+@pytest.mark.jack
+@pytest.mark.debian("jackd2", "libportaudio2")
 def test_device_disappearing_ends_cleanly_with_the_summary(tmp_path):
     """The audio server quits mid-stream: one error line, the summary, the stats, exit 1, no hang."""
     from benchmarks.live_measure import LIVE_CLIENT, JackServer, JackUnavailable
@@ -834,7 +846,7 @@ def test_device_disappearing_ends_cleanly_with_the_summary(tmp_path):
     try:
         server.start()
     except JackUnavailable as exc:
-        pytest.skip(f"no JACK server could be started: {exc}")
+        debian_unavailable(["jackd2"], f"no JACK server could be started: {exc}")
     stats = tmp_path / "s.json"
     try:
         proc = subprocess.Popen(live_cmd("--passthrough", "--duration", "60", "--stats", str(stats)),
@@ -856,6 +868,8 @@ def test_device_disappearing_ends_cleanly_with_the_summary(tmp_path):
     check_summary(json.loads(stats.read_text()))
 
 
+@pytest.mark.jack
+@pytest.mark.debian("jackd2", "libportaudio2")
 def test_keys_on_a_terminal(jack, tmp_path):
     """On a terminal: a status line, b/+/q keys, the terminal's mode restored at exit."""
     import fcntl
@@ -921,6 +935,8 @@ def _inet_socket_inodes() -> set[str]:
     return inodes
 
 
+@pytest.mark.jack
+@pytest.mark.debian("jackd2", "libportaudio2")
 def test_live_mode_opens_no_network_port(jack):
     """While streaming through the model, the live process holds no TCP/UDP/raw socket (only the audio
     server's local UNIX sockets)."""

@@ -1,6 +1,6 @@
 """Soak: hours of audio through the engine in random block sizes.
 
-``pytest -m soak`` streams 2 hours at 48 kHz; the default suite streams 5 minutes through the same
+``pytest -m soak`` streams 2 hours at 48 kHz; ``pytest -m slow`` streams 5 minutes through the same
 code. Asserted: output finite and equal to one-call processing of the whole signal; RSS flat after
 warm-up (< 5 MB growth); time per sample does not drift between the first and last tenth of the run;
 no numerical events (NaN/Inf input replacements, state resets).
@@ -118,6 +118,7 @@ def _check(r: dict) -> None:
     assert r["nonfinite_inputs"] == 0 and r["state_resets"] == 0, r
 
 
+@pytest.mark.slow
 def test_soak_five_minutes():
     _check(soak(300.0))
 

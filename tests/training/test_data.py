@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import filecmp
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.conftest import CORPUS_PACKAGES
 from training import data as D
 
-TOOLS = ["text2wave", "flite", "espeak-ng", "fluidsynth"]
-needs_tools = pytest.mark.skipif(any(shutil.which(t) is None for t in TOOLS) or not D.SOUNDFONT.exists(),
-                                 reason="Debian TTS/fluidsynth packages not installed")
+needs_tools = pytest.mark.debian(*CORPUS_PACKAGES)
 
 
 def _tree(d: Path) -> list[str]:

@@ -13,6 +13,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("pyroomacoustics")
 
+from tests.conftest import CORPUS_PACKAGES  # noqa: E402  (after the importorskips)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -22,7 +24,8 @@ def _py(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return r
 
 
-@pytest.mark.slow
+@pytest.mark.train
+@pytest.mark.debian(*CORPUS_PACKAGES)
 def test_pipeline_end_to_end(tmp_path):
     corpus, rooms, run = tmp_path / "corpus", tmp_path / "rooms", tmp_path / "run"
     _py("-m", "training.data", "build", "--hours", "0.03", "--seed", "3", "--out", str(corpus), "--jobs", "2",

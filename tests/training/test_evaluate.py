@@ -82,6 +82,7 @@ def test_plan_is_deterministic_split_clean_and_balanced(data: tuple[Path, Path])
     assert max(counts) - min(counts) <= 1
 
 
+@pytest.mark.slow
 def test_evaluate_end_to_end_passthrough(data: tuple[Path, Path], tmp_path: Path) -> None:
     corpus, rooms = data
     out, md = tmp_path / "r.json", tmp_path / "r.md"

@@ -116,6 +116,7 @@ def test_estoi_identical_is_one_noisy_lower(clip: np.ndarray) -> None:
 
 
 # ---------------------------------------------------------------- DNSMOS
+@pytest.mark.slow
 def test_dnsmos_runs_offline_and_ranks(clip: np.ndarray) -> None:
     scorer = M.DnsmosScorer()  # models come from the speechmos wheel, nothing is fetched
     clean = scorer(clip, SR)

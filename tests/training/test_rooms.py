@@ -42,6 +42,7 @@ def test_drr_and_truncation() -> None:
     assert 0.3 * FS < len(cut) <= 40 + 1.6 * 0.4 * FS + 1
 
 
+@pytest.mark.slow
 def test_bank_deterministic_and_rt60_on_target(tmp_path: Path) -> None:
     # Small, not too live rooms keep this fast (pure ISM up to 0.6 s, hybrid above).
     cfg = R.RoomConfig(rt60_range=(0.3, 0.9), size_class_probs=(0.6, 0.4, 0.0))
