@@ -383,7 +383,7 @@ def write_report(out: Path, png: Path, seconds: float, stream_rows: list[dict], 
         ("peak RSS", "<= 150 MB", bench16["peak_rss_mb"], bench16["peak_rss_mb"] <= 150,
          f"{bench16['peak_rss_mb']:.0f} MiB"),
     ]
-    L.append("## Targets (issue 5)\n")
+    L.append("## Targets\n")
     L.append("| target | bar | measured | met |")
     L.append("|---|---|---|---|")
     for name, bar, _, ok, text in targets:

@@ -49,7 +49,7 @@ def test_bench_at_another_rate_reports_the_resampler_share(default_model):
 
     rep = run_bench(default_model, block_sizes=(480,), sample_rate=48000, channels=2, seconds=0.3)
     assert rep.hop_block == 768 and rep.hop_timing.calls > 0
-    # The resamplers add at most 2 ms at 48 kHz (issue 5); exact, so safe to assert.
+    # The resamplers add at most 2 ms at 48 kHz (the latency budget); exact, so safe to assert.
     assert 0 < rep.resampler_latency_ms <= 2.0
     assert rep.algorithmic_latency_ms == pytest.approx(rep.model_latency_ms + rep.resampler_latency_ms)
     js = rep.to_json()
