@@ -171,6 +171,12 @@ class ModelConfig:
     # then applies to R(t)). Why both: the untrained network is the checkpoint's and training decides
     # how much of the residual it uses; "residual" is the simpler graph (no extra layer).
     rls_features: str = "residual"
+    # The predictor's late target: "residual" X - E with E = mask * R (the early estimate), or "input"
+    # (1 - mask) X, the share of the input the mask would remove. Why "input": X - E holds the
+    # prediction itself (X - E = prediction + (1 - mask) R), so a mask that never passes everything
+    # asks for more than was predicted at every hop and the filter grows into the early speech; in
+    # (1 - mask) X the prediction has weight 1 - mask, as in a cascade's first pass (docs/research.md).
+    rls_target: str = "residual"
 
     @property
     def bins(self) -> int:
@@ -290,6 +296,8 @@ class MaskLSTM(nn.Module):
                 raise ValueError("rls_delay must be >= 1 frame (the current frame is not predicted)")
             if cfg.lp_taps:
                 raise ValueError("rls_taps and lp_taps are two predictors of the same late part: choose one")
+            if cfg.rls_target not in ("residual", "input"):
+                raise ValueError(f"rls_target = {cfg.rls_target!r}: 'residual' or 'input'")
             if cfg.rls_features not in ("residual", "both"):
                 raise ValueError(f"rls_features = {cfg.rls_features!r}: 'residual' or 'both'")
             if cfg.rls_features == "both":
@@ -478,7 +486,8 @@ class MaskLSTM(nn.Module):
 
         E = mask * R is the early estimate. The output passes the *input* through where the gate does
         (E + share (X - E)): music comes out unchanged, as without the predictor. The predictor's
-        target is X - E', with E' = E + share (R - E): where the gate passes through, the target is the
+        target is X - E', with E' = E + share (R - E) (or, with ``rls_target = "input"``,
+        E' = mask X + share (R - mask X)): where the gate passes through, the target is the
         prediction itself, so the filter does not move while music plays (the network's late estimate
         means nothing there). The target is detached: the update is not trained through (a first
         fine-tuning stage trains the network on the residual; end-to-end training is a later choice)."""
@@ -490,6 +499,11 @@ class MaskLSTM(nn.Module):
             t_re, t_im = e_re + passed * (r_re - e_re), e_im + passed * (r_im - e_im)
         else:
             out_re, out_im, t_re, t_im = e_re, e_im, e_re, e_im
+        if cfg.rls_target == "input":  # E' = mask X (blended towards X - prediction where the gate passes)
+            pr_re, pr_im = x_re - r_re, x_im - r_im  # the prediction
+            t_re, t_im = t_re + (mr * pr_re - mi * pr_im), t_im + (mr * pr_im + mi * pr_re)
+            if passed is not None:
+                t_re, t_im = t_re - passed * (mr * pr_re - mi * pr_im), t_im - passed * (mr * pr_im + mi * pr_re)
         target = torch.stack([(x_re - t_re)[:, 0, :fp], (x_im - t_im)[:, 0, :fp]], dim=1).detach()  # [B, 2, Fp]
         g, p, level, weight = predictor_torch.update(named["rls_g"], named["rls_p"], named["rls_level"],
                                                      named["rls_weight"], regressor, target, cfg.predictor_config())
