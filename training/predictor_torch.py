@@ -64,8 +64,13 @@ def update(g: Tensor, p: Tensor, level: Tensor, weight: Tensor, x: Tensor, d: Te
     energy = (xr * xr + xi * xi).sum(-1) / k  # [..., F] power per tap
     active = energy > cfg.floor
     fresh = active & (weight <= 0)
+    # A bin that only measures its level for its first ``settle`` active hops (a PredictorConfig with
+    # that setting): the weight of n active hops from a fresh start is 1 - lam ** n.
+    settle = int(getattr(cfg, "settle", 0))
+    settling = active & (weight < 1 - lam ** settle) if settle > 0 else None
     if cfg.clip > 0:
-        capped = torch.where(fresh, energy, torch.minimum(energy, cfg.clip * level))
+        unclipped = fresh if settling is None else fresh | settling
+        capped = torch.where(unclipped, energy, torch.minimum(energy, cfg.clip * level))
     else:
         capped = energy
     scale = torch.sqrt(capped / torch.clamp(energy, min=TINY))
@@ -113,9 +118,12 @@ def update(g: Tensor, p: Tensor, level: Tensor, weight: Tensor, x: Tensor, d: Te
     bad_p = (~torch.isfinite(tr) | (diag <= 0).any(-1) | ~(q >= 0) | ~torch.isfinite(flat.sum(-1).sum(-2)))
     bad_g = ~torch.isfinite(g_new.sum(-1).sum(-2))  # [..., F]
 
-    # An inactive bin keeps its state; a bad one re-starts.
+    # A bad bin re-starts; a settling one too, keeping its g; an inactive one keeps its state.
+    g_new = torch.where(bad_g[..., None, :, None], torch.zeros_like(g_new), g_new)
+    if settling is not None:
+        bad_p = bad_p | settling
+        g_new = torch.where(settling[..., None, :, None], g, g_new)
     keep = ~active
     p_out = torch.where(keep[..., None, :, None, None], p, torch.where(bad_p[..., None, :, None, None], start, p_new))
-    g_out = torch.where(keep[..., None, :, None], g,
-                        torch.where(bad_g[..., None, :, None], torch.zeros_like(g_new), g_new))
+    g_out = torch.where(keep[..., None, :, None], g, g_new)
     return g_out, p_out, new_level, new_weight
