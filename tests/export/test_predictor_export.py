@@ -99,3 +99,25 @@ def test_both_inputs_start_as_the_checkpoints_network():
     shipped = torch.cat(outs + [a.audio], 1)
     assert torch.equal(a.state["lstm_h"], b.state["lstm_h"]) and torch.equal(a.state["lstm_c"], b.state["lstm_c"])
     assert float((shipped - b.audio).abs().max()) > 1e-4 and b.state["rls_g"].abs().max() > 0
+
+
+def test_settings_are_checked():
+    for bad in ({"rls_target": "late"}, {"rls_features": "x"}, {"rls_delay": 0}, {"lp_taps": 2}):
+        with pytest.raises(ValueError):
+            MaskLSTM(ModelConfig(hidden=16, rls_taps=3, **bad))
+
+
+def test_the_input_target_changes_only_what_the_filter_learns():
+    # rls_target = "input": the late target is (1 - mask) X, not X - mask R. The first hops (nothing to
+    # predict from yet) are the same; after them the filters, and so the outputs, differ.
+    torch.manual_seed(5)
+    a = MaskLSTM(ModelConfig(hidden=16, rls_taps=3)).eval()
+    with torch.no_grad():
+        a.mask.weight.normal_(0, 0.5)
+    b = MaskLSTM(ModelConfig(hidden=16, rls_taps=3, rls_target="input")).eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.from_numpy(speechlike(0.5, 16000, 1, seed=8).T.copy())[:, :31 * 256]
+    with torch.no_grad():
+        ya, yb = a.step(x, a.initial_state(1)), b.step(x, b.initial_state(1))
+    assert torch.equal(ya.audio[:, :4 * 256], yb.audio[:, :4 * 256])
+    assert float((ya.state["rls_g"] - yb.state["rls_g"]).abs().max()) > 1e-3
