@@ -31,6 +31,10 @@ State (all explicit, batch axis = audio channel):
     lstm_c   [L, B, H]     LSTM cell state
     spec_past [B, M, 2F]   past frames' spectra, for the linear-prediction head (``lp_taps``)
     music_hold [B, k]      the music gate's hold (``music_hold_seconds``, ``music_clear_frames``)
+    pred_hist [B, M, 2Fp]  with the late-reverb predictor (``rls_taps``): the last M input frames of its
+                           Fp bins; rls_g [B, 2, Fp, K], rls_p [B, 2, Fp, K, K], rls_level and
+                           rls_weight [B, Fp]: its filter, inverse correlation and running level
+                           (training.predictor_torch). The model then runs one hop at a time.
 
 Latency: output hop k completes input samples [(k-1)*hop, k*hop), so the step delays audio by
 ``win - hop`` samples; the streaming engine adds ``hop - 1`` samples of block buffering on top.
@@ -395,7 +399,7 @@ class MaskLSTM(nn.Module):
             re, im = spec[..., :f], spec[..., f:]
             if self.cfg.rls_taps:
                 # The network sees, and its mask applies to, the residual of the late-reverb prediction.
-                x_re, x_im, regressor = re, im, self._regressor(spec, named["pred_hist"])
+                x_re, x_im, regressor = re, im, self._regressor(named["pred_hist"])
                 re, im = self._residual(re, im, predictor_torch.predict(named["rls_g"], regressor))
             power = re * re + im * im + self.cfg.log_floor
             feat = torch.log(power) * self.feat_scale + self.feat_bias
@@ -463,9 +467,9 @@ class MaskLSTM(nn.Module):
         joined = tuple(torch.cat(parts, dim=1) for parts in zip(*per_hop))
         return (torch.cat(outs, dim=1), *states) + joined
 
-    def _regressor(self, spec: Tensor, hist: Tensor) -> Tensor:
-        """The predictor's regressor of the one frame in ``spec`` [B, 1, 2F]: x [B, 2, Fp, K], frame
-        t - D - k at tap k, from the past frames ``hist`` [B, M, 2Fp] (oldest first)."""
+    def _regressor(self, hist: Tensor) -> Tensor:
+        """The predictor's regressor of the current frame t: x [B, 2, Fp, K], frame t - D - k at tap k,
+        from the past frames ``hist`` [B, M, 2Fp] (t - M .. t - 1)."""
         cfg = self.cfg
         fp = cfg.rls_bins
         # hist[:, 0:K] holds frames t - M .. t - D (M = D + K - 1): taps K - 1 .. 0.
