@@ -47,6 +47,12 @@ def state_shapes(model: MaskLSTM) -> dict[str, dict]:
                       + (f", then the last {cfg.music_clear_frames - 1} raw shares ({cfg.music_clear_frames} "
                          f"sure-speech frames in a row clear the hold)" if cfg.music_clear_frames > 1 else "")
                       + ("; open (1) in the rest state" if cfg.music_start_open else ""),
+        "pred_hist": f"late-reverb predictor: spectra (re then im, the {cfg.rls_bins} predicted bins) of the last "
+                     f"{cfg.rls_frames} input frames, oldest first",
+        "rls_g": f"late-reverb predictor: per-bin filter of {cfg.rls_taps} complex taps [re | im, bin, tap]",
+        "rls_p": "late-reverb predictor: per-bin inverse correlation matrix (Hermitian) [re | im, bin, tap, tap]",
+        "rls_level": "late-reverb predictor: per-bin running power per tap of its input (scale of P's start and bound)",
+        "rls_weight": "late-reverb predictor: weight of the hops behind rls_level (0: the bin has not yet heard sound)",
     }
     out = {}
     for name, tensor in model.initial_state(1).items():
@@ -75,11 +81,14 @@ def output_names(model: MaskLSTM) -> list[str]:
 
 
 def export_onnx(model: MaskLSTM, path: Path) -> None:
-    """Trace the step with dynamic channels and length, and write ``path`` (no card yet)."""
+    """Trace the step with dynamic channels and length, and write ``path`` (no card yet). A model with
+    the late-reverb predictor (``rls_taps``) is traced for one hop and written as an ONNX Loop over
+    the hops of a call (``_loop_over_hops``)."""
     cfg = model.cfg
     state = model.initial_state(2)
     names = model.state_names
-    args = (torch.randn(2, 3 * cfg.hop) * 0.1, *(state[k] for k in names))
+    hops = 1 if cfg.rls_taps else 3
+    args = (torch.randn(2, hops * cfg.hop) * 0.1, *(state[k] for k in names))
     dynamic = {"audio": {0: "channels", 1: "samples"}, "audio_out": {0: "channels", 1: "samples"}}
     for name in names:
         dynamic[name] = {channel_axis(name): "channels"}
@@ -102,6 +111,90 @@ def export_onnx(model: MaskLSTM, path: Path) -> None:
             opset_version=OPSET,
             dynamo=False,
         )
+    if cfg.rls_taps:
+        import onnx
+
+        onnx.save(_loop_over_hops(onnx.load(str(path)), model), str(path))
+
+
+def _loop_over_hops(step, model: MaskLSTM):
+    """The graph of a one-hop step (``step``, an onnx ModelProto traced with one hop) as a graph that
+    takes any whole number of hops: an ONNX Loop whose body is the one-hop step, the states carried
+    from hop to hop, the output hops (and ``pass_share``) collected and joined. Why: with the
+    late-reverb predictor, frame t's filter needs frame t - 1's early estimate, so no op can run over
+    the frames of a call at once; a loop in the graph keeps the contract (any n per call, the same
+    output for any split of a stream) and runs the same step the trace recorded.
+
+    Body value names get the prefix "hop/" (a subgraph may not reuse the outer graph's names)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = step.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
+        raise RuntimeError("the one-hop step has a subgraph: not supported by the hop loop")
+    names = list(model.state_names)
+    outs = output_names(model)
+    pre = "hop/"
+
+    def rn(name: str) -> str:
+        return pre + name if name else name
+
+    body_nodes = [helper.make_node("Gather", ["hops_audio", rn("iter")], [rn("audio")], axis=0, name=rn("gather_hop"))]
+    for n in g.node:
+        node = onnx.NodeProto()
+        node.CopyFrom(n)
+        node.name = rn(n.name) if n.name else ""
+        node.input[:] = [rn(i) for i in n.input]
+        node.output[:] = [rn(o) for o in n.output]
+        body_nodes.append(node)
+    body_nodes.append(helper.make_node("Identity", [rn("cond")], [rn("cond_out")]))
+    inits = []
+    for t in g.initializer:
+        init = TensorProto()
+        init.CopyFrom(t)
+        init.name = rn(t.name)
+        inits.append(init)
+    by_in = {v.name: v for v in g.input}
+    by_out = {v.name: v for v in g.output}
+
+    def renamed(v, shape: bool = True):
+        out = onnx.ValueInfoProto()
+        out.CopyFrom(v)
+        out.name = rn(v.name)
+        if not shape:
+            out.type.tensor_type.ClearField("shape")
+        return out
+
+    body_inputs = [helper.make_tensor_value_info(rn("iter"), TensorProto.INT64, []),
+                   helper.make_tensor_value_info(rn("cond"), TensorProto.BOOL, []),
+                   *(renamed(by_in[k]) for k in names)]
+    scans = [o for o in outs if o not in {f"{k}_out" for k in names}]  # audio_out, pass_share
+    body_outputs = [helper.make_tensor_value_info(rn("cond_out"), TensorProto.BOOL, []),
+                    *(renamed(by_out[f"{k}_out"]) for k in names),
+                    *(renamed(by_out[o], shape=False) for o in scans)]
+    body = helper.make_graph(body_nodes, "hop", body_inputs, body_outputs, initializer=inits)
+
+    hop = model.cfg.hop
+    c = {"split3": np.array([0, -1, hop], np.int64), "perm_axes": np.array([0], np.int64),
+         "flat2": np.array([0, -1], np.int64)}
+    nodes = [helper.make_node("Constant", [], [k], value=onnx.numpy_helper.from_array(v, k)) for k, v in c.items()]
+    nodes += [
+        helper.make_node("Reshape", ["audio", "split3"], ["audio_hops_bt"]),  # [B, n, hop]
+        helper.make_node("Transpose", ["audio_hops_bt"], ["hops_audio"], perm=[1, 0, 2]),  # [n, B, hop]
+        helper.make_node("Shape", ["hops_audio"], ["n_hops_1"], start=0, end=1),
+        helper.make_node("Squeeze", ["n_hops_1", "perm_axes"], ["n_hops"]),
+        helper.make_node("Loop", ["n_hops", "", *names], [*(f"{k}_out" for k in names), *(f"{o}_hops" for o in scans)],
+                         body=body),
+    ]
+    for o in scans:  # [n, B, x] -> [B, n * x]
+        nodes.append(helper.make_node("Transpose", [f"{o}_hops"], [f"{o}_bt"], perm=[1, 0, 2]))
+        nodes.append(helper.make_node("Reshape", [f"{o}_bt", "flat2"], [o]))
+    graph = helper.make_graph(nodes, g.name, [by_in["audio"], *(by_in[k] for k in names)],
+                              [by_out[o] for o in outs])
+    loop = helper.make_model(graph, opset_imports=step.opset_import, producer_name=step.producer_name)
+    loop.ir_version = step.ir_version
+    onnx.checker.check_model(loop)
+    return loop
 
 
 def training_stages(summary: dict) -> list[dict]:
@@ -210,7 +303,10 @@ def build_card(model: MaskLSTM, ckpt: dict, name: str, rest_seconds: float = RES
         "version": ckpt.get("version", "0.1.0"),
         "architecture": (f"STFT complex-mask LSTM (sqrt-Hann {cfg.win}/{cfg.hop}, "
                          f"{cfg.layers} x {cfg.hidden} LSTM, input projection {cfg.input_proj}"
-                         + (", music gate" if cfg.music_gate else "") + ")"),
+                         + (", music gate" if cfg.music_gate else "")
+                         + (f", per-bin RLS late-reverb predictor ({cfg.rls_taps} taps, delay {cfg.rls_delay} hops, "
+                            f"forgetting {cfg.rls_lam:g}, bins up to {cfg.rls_f_max:g} Hz)" if cfg.rls_taps else "")
+                         + ")"),
         "sample_rate": cfg.sample_rate,
         "hop": cfg.hop,
         "window": cfg.win,

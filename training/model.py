@@ -31,6 +31,10 @@ State (all explicit, batch axis = audio channel):
     lstm_c   [L, B, H]     LSTM cell state
     spec_past [B, M, 2F]   past frames' spectra, for the linear-prediction head (``lp_taps``)
     music_hold [B, k]      the music gate's hold (``music_hold_seconds``, ``music_clear_frames``)
+    pred_hist [B, M, 2Fp]  with the late-reverb predictor (``rls_taps``): the last M input frames of its
+                           Fp bins; rls_g [B, 2, Fp, K], rls_p [B, 2, Fp, K, K], rls_level and
+                           rls_weight [B, Fp]: its filter, inverse correlation and running level
+                           (training.predictor_torch). The model then runs one hop at a time.
 
 Latency: output hop k completes input samples [(k-1)*hop, k*hop), so the step delays audio by
 ``win - hop`` samples; the streaming engine adds ``hop - 1`` samples of block buffering on top.
@@ -47,15 +51,22 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from training import predictor_torch
+from training.predictor import PredictorConfig
+from training.predictor import macs_per_hop as predictor_macs
+
 STATE_NAMES: tuple[str, ...] = ("analysis", "ola", "lstm_h", "lstm_c")
 # Recurrent states: [layers, channels, ...], channel axis 1 (the others put channels first).
 RECURRENT: tuple[str, ...] = ("lstm_h", "lstm_c")
+# The late-reverb predictor's states (ModelConfig.rls_taps), channel axis 0: the past input frames it
+# predicts from, its filter, inverse correlation, running level and that level's weight.
+RLS_STATES: tuple[str, ...] = ("pred_hist", "rls_g", "rls_p", "rls_level", "rls_weight")
 # The music gate's head (one linear layer, or two with ModelConfig.music_gate_hidden): trained last, by
 # training.gate, on a frozen network.
 GATE_HEAD: tuple[str, ...] = ("music_gate.", "music_gate_in.")
 # Layers a model may add to a checkpoint it is initialised from (``init_weights``): each one's output
 # layer starts at zero, so the grown model starts exactly at the checkpoint's quality.
-GROWN_LAYERS: tuple[str, ...] = ("lp.",) + GATE_HEAD
+GROWN_LAYERS: tuple[str, ...] = ("lp.", "proj_residual.") + GATE_HEAD
 # Music gate (ModelConfig.music_gate): below GATE_OPEN music probability the mask is the model's own,
 # above GATE_SHUT it is exactly 1 (pass-through), linear in between.
 GATE_OPEN, GATE_SHUT = 0.1, 0.9
@@ -139,6 +150,37 @@ class ModelConfig:
     # higher value (-70: a quiet noise floor) changed nothing for music on validation and passed more
     # speech through (docs/model.md, "Music").
     music_quiet_dbfs: float = -100.0
+    # Per-bin RLS predictor of the late reverberation inside the step (0 taps: none;
+    # training.predictor_torch). Per frame t, in every bin up to rls_f_max Hz: the prediction
+    # g^H (X(t - rls_delay), ..., X(t - rls_delay - rls_taps + 1)) with the current filter g is
+    # subtracted from X(t); the network's features are those of the residual R(t) and its mask applies
+    # to R(t), giving the early estimate E(t); then g and its inverse correlation P are updated (one RLS
+    # step, training.predictor's safeguards) towards the late target X(t) - E(t). Why: late reverberation
+    # is a linear function of each bin's own past, which an adaptive predictor driven by the network's
+    # late estimate removes and a single-frame mask cannot (docs/research.md). The predictor has no
+    # weights: it can be added to any checkpoint (python -m export --set model.rls_taps=10). The step
+    # is sequential in frames (frame t's filter needs E(t - 1)), so the model runs hop by hop; the
+    # exported graph is an ONNX Loop over hops (export.onnx_export). Settings: see
+    # training.predictor.PredictorConfig (rls_lam its lam, and so on).
+    rls_taps: int = 0
+    rls_delay: int = 3
+    rls_lam: float = 0.998
+    rls_delta: float = 3.0
+    rls_floor: float = 1e-10
+    rls_clip: float = 10.0
+    rls_f_max: float = 8000.0
+    # What the network reads with the predictor: "residual" (the features of R(t) in place of X(t)'s) or
+    # "both" (X(t)'s through the input projection as without the predictor, plus R(t)'s through a layer
+    # "proj_residual", zero at init: the grown network computes exactly the checkpoint's mask, which
+    # then applies to R(t)). Why both: the untrained network is the checkpoint's and training decides
+    # how much of the residual it uses; "residual" is the simpler graph (no extra layer).
+    rls_features: str = "residual"
+    # The predictor's late target: "residual" X - E with E = mask * R (the early estimate), or "input"
+    # (1 - mask) X, the share of the input the mask would remove. Why "input": X - E holds the
+    # prediction itself (X - E = prediction + (1 - mask) R), so a mask that never passes everything
+    # asks for more than was predicted at every hop and the filter grows into the early speech; in
+    # (1 - mask) X the prediction has weight 1 - mask, as in a cascade's first pass (docs/research.md).
+    rls_target: str = "residual"
 
     @property
     def bins(self) -> int:
@@ -155,7 +197,23 @@ class ModelConfig:
     @property
     def state_names(self) -> tuple[str, ...]:
         return (STATE_NAMES + (("spec_past",) if self.lp_taps else ())
-                + (("music_hold",) if self.music_gate and self.music_hold_seconds > 0 else ()))
+                + (("music_hold",) if self.music_gate and self.music_hold_seconds > 0 else ())
+                + (RLS_STATES if self.rls_taps else ()))
+
+    @property
+    def rls_bins(self) -> int:
+        """Bins the predictor covers: 0 .. rls_bins - 1, those at or below ``rls_f_max`` Hz."""
+        return sum(1 for k in range(self.bins) if k * self.sample_rate / self.win <= self.rls_f_max) if self.rls_taps else 0
+
+    @property
+    def rls_frames(self) -> int:
+        """Past frames the predictor's regressor reaches back to (state "pred_hist")."""
+        return self.rls_delay + self.rls_taps - 1 if self.rls_taps else 0
+
+    def predictor_config(self) -> PredictorConfig:
+        """The predictor's settings in training.predictor's terms."""
+        return PredictorConfig(taps=self.rls_taps, delay=self.rls_delay, lam=self.rls_lam, delta=self.rls_delta,
+                               floor=self.rls_floor, clip=self.rls_clip)
 
     @property
     def lp_frames(self) -> int:
@@ -237,6 +295,21 @@ class MaskLSTM(nn.Module):
             self.lp = nn.Linear(cfg.hidden, f * 2 * cfg.lp_taps)
             nn.init.zeros_(self.lp.weight)
             nn.init.zeros_(self.lp.bias)
+        if cfg.rls_taps:
+            if cfg.rls_delay < 1:
+                raise ValueError("rls_delay must be >= 1 frame (the current frame is not predicted)")
+            if cfg.lp_taps:
+                raise ValueError("rls_taps and lp_taps are two predictors of the same late part: choose one")
+            if cfg.rls_target not in ("residual", "input"):
+                raise ValueError(f"rls_target = {cfg.rls_target!r}: 'residual' or 'input'")
+            if cfg.rls_features not in ("residual", "both"):
+                raise ValueError(f"rls_features = {cfg.rls_features!r}: 'residual' or 'both'")
+            if cfg.rls_features == "both":
+                if not cfg.input_proj:
+                    raise ValueError("rls_features = 'both' needs the input projection (input_proj > 0)")
+                self.proj_residual = nn.Linear(n_feat, cfg.input_proj)  # zero: reads nothing of R at init
+                nn.init.zeros_(self.proj_residual.weight)
+                nn.init.zeros_(self.proj_residual.bias)
         if cfg.music_gate:
             if cfg.music_gate_hidden:
                 self.music_gate_in = nn.Linear(cfg.hidden, cfg.music_gate_hidden)
@@ -268,6 +341,11 @@ class MaskLSTM(nn.Module):
             state["spec_past"] = torch.zeros(batch, cfg.lp_frames, 2 * cfg.bins)
         if "music_hold" in cfg.state_names:
             state["music_hold"] = torch.zeros(batch, cfg.music_clear_frames)
+        if cfg.rls_taps:
+            fp = cfg.rls_bins
+            state["pred_hist"] = torch.zeros(batch, cfg.rls_frames, 2 * fp)
+            rls = predictor_torch.init_state(batch, fp, cfg.rls_taps)
+            state.update({"rls_g": rls["g"], "rls_p": rls["P"], "rls_level": rls["level"], "rls_weight": rls["weight"]})
         return state
 
     @torch.no_grad()
@@ -303,6 +381,8 @@ class MaskLSTM(nn.Module):
             the same order, then with ``music_gate`` the pass-through share [B, n] (0..1) and the
             head's music logit [B, n] per frame).
         """
+        if self.cfg.rls_taps and audio.shape[1] > self.cfg.hop:
+            return self._hop_by_hop(audio, states)
         # Under a caller's bfloat16 autocast (training, optim.precision) only the layers between these two
         # float32 blocks (input projection, LSTM, mask and prediction layers) run in bf16: with its 8-bit
         # mantissa the DFT, the mask's product and the overlap-add would each add error near -50 dB, about
@@ -317,12 +397,23 @@ class MaskLSTM(nn.Module):
             spec = frames @ self.dft_forward  # [B, n, 2F]
             f = self.cfg.bins
             re, im = spec[..., :f], spec[..., f:]
+            if self.cfg.rls_taps:
+                # The network sees, and its mask applies to, the residual of the late-reverb prediction.
+                x_re, x_im, regressor = re, im, self._regressor(named["pred_hist"])
+                re, im = self._residual(re, im, predictor_torch.predict(named["rls_g"], regressor))
             power = re * re + im * im + self.cfg.log_floor
             feat = torch.log(power) * self.feat_scale + self.feat_bias
             # |X|^0.3 with X's phase: a level-compressed view of the phase for the complex mask.
             squash = power ** -0.35
             feat = torch.cat([feat, re * squash, im * squash], dim=2)
-        if self.proj is not None:
+            if self.cfg.rls_taps and self.cfg.rls_features == "both":
+                x_power = x_re * x_re + x_im * x_im + self.cfg.log_floor
+                x_squash = x_power ** -0.35
+                x_feat = torch.cat([torch.log(x_power) * self.feat_scale + self.feat_bias,
+                                    x_re * x_squash, x_im * x_squash], dim=2)
+        if self.cfg.rls_taps and self.cfg.rls_features == "both":
+            feat = self.proj(x_feat) + self.proj_residual(feat)
+        elif self.proj is not None:
             feat = self.proj(feat)
         hidden, (h_out, c_out) = self.lstm(feat, (lstm_h, lstm_c))
         z = self.mask(hidden)
@@ -350,14 +441,79 @@ class MaskLSTM(nn.Module):
             mag = torch.sqrt(zr * zr + zi * zi + 1e-12)
             gain = torch.tanh(mag) / mag  # |mask| = tanh|z| < 1, the phase of z kept
             mr, mi = zr * gain, zi * gain
-            if passed is not None:
+            if self.cfg.rls_taps:
+                out_re, out_im, rls_states = self._rls_output(x_re, x_im, re, im, mr, mi, passed, named, regressor)
+                extra = extra + rls_states
+            elif passed is not None:
                 mr, mi = mr + passed * (1.0 - mr), mi - passed * mi  # still |mask| <= 1: a blend of two such masks
-            out_re, out_im = mr * re - mi * im, mr * im + mi * re
+            if not self.cfg.rls_taps:
+                out_re, out_im = mr * re - mi * im, mr * im + mi * re
             out_frames = torch.cat([out_re, out_im], dim=2) @ self.dft_inverse  # [B, n, win]
             first, second = out_frames[..., :hop], out_frames[..., hop:]
             prev_second = torch.cat([ola.unsqueeze(1), second[:, :-1]], dim=1)
             audio_out = (first + prev_second).reshape(batch, -1)
         return (audio_out, audio[:, -hop:], second[:, -1], h_out, c_out) + extra + gate
+
+    def _hop_by_hop(self, audio: Tensor, states: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """``forward`` one hop at a time: with the predictor, frame t's filter needs frame t - 1's early
+        estimate. Same inputs and outputs as ``forward``."""
+        hop, k = self.cfg.hop, len(self.state_names)
+        outs, per_hop = [], []
+        for i in range(audio.shape[1] // hop):
+            out = self(audio[:, i * hop:(i + 1) * hop], *states)
+            states = out[1:1 + k]
+            outs.append(out[0])
+            per_hop.append(out[1 + k:])
+        joined = tuple(torch.cat(parts, dim=1) for parts in zip(*per_hop))
+        return (torch.cat(outs, dim=1), *states) + joined
+
+    def _regressor(self, hist: Tensor) -> Tensor:
+        """The predictor's regressor of the current frame t: x [B, 2, Fp, K], frame t - D - k at tap k,
+        from the past frames ``hist`` [B, M, 2Fp] (t - M .. t - 1)."""
+        cfg = self.cfg
+        fp = cfg.rls_bins
+        # hist[:, 0:K] holds frames t - M .. t - D (M = D + K - 1): taps K - 1 .. 0.
+        x = hist[:, :cfg.rls_taps].flip(1)  # [B, K, 2Fp], tap 0 first
+        return torch.stack([x[..., :fp], x[..., fp:]], dim=1).transpose(-1, -2)
+
+    def _residual(self, re: Tensor, im: Tensor, pred: Tensor) -> tuple[Tensor, Tensor]:
+        """X minus the prediction ``pred`` [B, 2, Fp] in the predicted bins: re, im [B, 1, F]."""
+        fp = self.cfg.rls_bins
+        zero = torch.zeros_like(re[..., fp:])
+        return re - torch.cat([pred[:, 0, None], zero], dim=2), im - torch.cat([pred[:, 1, None], zero], dim=2)
+
+    def _rls_output(self, x_re: Tensor, x_im: Tensor, r_re: Tensor, r_im: Tensor, mr: Tensor, mi: Tensor,
+                    passed: Tensor | None, named: dict[str, Tensor], regressor: Tensor
+                    ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+        """The output frame and the predictor's new states, for one frame: X, R [B, 1, F], the
+        network's mask [B, 1, F], the music gate's pass-through share [B, 1, 1] (or None).
+
+        E = mask * R is the early estimate. The output passes the *input* through where the gate does
+        (E + share (X - E)): music comes out unchanged, as without the predictor. The predictor's
+        target is X - E', with E' = E + share (R - E) (or, with ``rls_target = "input"``,
+        E' = mask X + share (R - mask X)): where the gate passes through, the target is the
+        prediction itself, so the filter does not move while music plays (the network's late estimate
+        means nothing there). The target is detached: the update is not trained through (a first
+        fine-tuning stage trains the network on the residual; end-to-end training is a later choice)."""
+        cfg = self.cfg
+        fp = cfg.rls_bins
+        e_re, e_im = mr * r_re - mi * r_im, mr * r_im + mi * r_re
+        if passed is not None:
+            out_re, out_im = e_re + passed * (x_re - e_re), e_im + passed * (x_im - e_im)
+            t_re, t_im = e_re + passed * (r_re - e_re), e_im + passed * (r_im - e_im)
+        else:
+            out_re, out_im, t_re, t_im = e_re, e_im, e_re, e_im
+        if cfg.rls_target == "input":  # E' = mask X (blended towards X - prediction where the gate passes)
+            pr_re, pr_im = x_re - r_re, x_im - r_im  # the prediction
+            t_re, t_im = t_re + (mr * pr_re - mi * pr_im), t_im + (mr * pr_im + mi * pr_re)
+            if passed is not None:
+                t_re, t_im = t_re - passed * (mr * pr_re - mi * pr_im), t_im - passed * (mr * pr_im + mi * pr_re)
+        target = torch.stack([(x_re - t_re)[:, 0, :fp], (x_im - t_im)[:, 0, :fp]], dim=1).detach()  # [B, 2, Fp]
+        g, p, level, weight = predictor_torch.update(named["rls_g"], named["rls_p"], named["rls_level"],
+                                                     named["rls_weight"], regressor, target, cfg.predictor_config())
+        frame = torch.cat([x_re[..., :fp], x_im[..., :fp]], dim=2)  # [B, 1, 2Fp]
+        hist = torch.cat([named["pred_hist"], frame], dim=1)[:, 1:]
+        return out_re, out_im, (hist, g, p, level, weight)
 
     def _predict(self, spec: Tensor, past: Tensor, coef: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Subtract the linear prediction from past frames: spec [B, n, 2F] (re | im), past [B, M, 2F],
@@ -400,6 +556,9 @@ def load_checkpoint(path: str | Path, overrides: dict | None = None) -> tuple[Ma
     cfg = ModelConfig.from_dict({**ckpt["model_config"], **(overrides or {})})
     ckpt["model_config"] = cfg.to_dict()
     model = MaskLSTM(cfg)
+    if cfg.rls_taps and cfg.rls_features == "both" and "proj_residual.weight" not in ckpt["model"]:
+        # The residual's input layer grown onto a checkpoint without it: zero, as at init (GROWN_LAYERS).
+        ckpt["model"] = {**ckpt["model"], **{f"proj_residual.{k}": v for k, v in model.proj_residual.state_dict().items()}}
     model.load_state_dict(ckpt["model"])
     return model.eval(), ckpt
 
@@ -488,10 +647,11 @@ def macs_per_hop(cfg: ModelConfig) -> int:
     f, h = cfg.bins, cfg.hidden
     n_feat, n_out = 3 * f, 2 * f
     dft = 2 * cfg.win * 2 * f
-    proj = n_feat * cfg.input_proj
+    proj = n_feat * cfg.input_proj * (2 if cfg.rls_taps and cfg.rls_features == "both" else 1)
     lstm_in = cfg.input_proj or n_feat
     lstm = 4 * h * (lstm_in + h) + (cfg.layers - 1) * 4 * h * (2 * h)
     predict = h * n_out * cfg.lp_taps + 4 * cfg.lp_taps * f  # the coefficients' layer, the complex products
     g = cfg.music_gate_hidden
     gate = (g * (h + 1) if g else h) + 2 * f if cfg.music_gate else 0  # the gate's head and its blend
-    return dft + proj + lstm + h * n_out + predict + gate
+    rls = predictor_macs(cfg.rls_bins, cfg.rls_taps)["per_hop"] if cfg.rls_taps else 0  # prediction and update
+    return dft + proj + lstm + h * n_out + predict + gate + rls
