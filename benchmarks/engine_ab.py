@@ -5,7 +5,7 @@
 Each model streams the demo clip (speech) and the dry brass clip of the quality tests (music) through a
 fresh ``stream.Dereverberator`` in blocks of ``--block-ms``, at each rate; the runs alternate A, B, A, B
 (``--repeats`` each), so load drifts hit both alike. Printed: the median over runs of each run's median
-per-block time, and B / A. docs/model.md ("Cost") prices with it the DC blocker's share following the
+per-block time, and B / A. docs/research.md ("The DC blocker's share follows the gate") prices with it the DC blocker's share following the
 music gate: A = an export without ``pass_share`` (``git show f9f21d9:models/dereverb-lstm-16k.onnx``,
 card likewise), B = the shipped model.
 """

@@ -10,7 +10,7 @@ On the first ``count`` reverberant test examples at RT60 >= 0.4 s of ``training.
   runtime's start state (the card's rest state), output shifted by the step latency, nothing before or after the model;
 * runtime: ``stream.dereverb_array`` (DC blocker, block buffering, ONNX step, latency alignment).
 
-The two differ only by what the runtime adds around the model; docs/model.md ("Transparency") used
+The two differ only by what the runtime adds around the model; docs/research.md ("Transparency: the runtime's DC blocker") used
 this to find the DC blocker's cost. Needs torch and the generated test data.
 """
 

@@ -17,7 +17,7 @@ output of dry speech to ~25 dB SI-SDR against the input (the model itself: 40-50
 already 20-40 dB from the target. Measured with the shipped model on the test set's dry and
 RT60 < 0.3 s examples (cutoff 20 / 5 / 2 Hz, history primed with the first sample): dry
 25.1 / 32.1 / 34.5 dB, short rooms -2.82 / -0.24 / +0.16 dB; at 2 Hz with zero history (this
-blocker): 36.7 dB and +0.36 dB (``python -m training.evaluate``, docs/model.md "Transparency").
+blocker): 36.7 dB and +0.36 dB (``python -m training.evaluate``, docs/model.md "The runtime's DC blocker").
 
 What the blocker removes is not always unwanted: music passed through by the model's gate should come
 out whole. With a model that reports where it passes its input through (``pass_share``), the engine

@@ -16,7 +16,7 @@ and prints, per octave band (1024-point STFT):
 ``--dc-blocker-only`` runs only what the runtime does to the audio besides the model (its DC
 blocker, ``stream.dcblock``), to tell the runtime's share of the damage from the model's.
 
-Needs the generated corpus and rooms (not torch). docs/model.md ("Transparency") quotes it.
+Needs the generated corpus and rooms (not torch). docs/research.md ("Transparency: the runtime's DC blocker") quotes it.
 """
 
 from __future__ import annotations

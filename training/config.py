@@ -43,7 +43,7 @@ class OptimConfig:
     epochs: int = 20
     # Stop after this many epochs (0: all of ``epochs``); the schedule still spans ``epochs``. A
     # budget in epochs gives the same weights on a slower machine, only later, where a budget in
-    # minutes stops a slower machine earlier in its schedule (docs/model.md, "A budget in epochs").
+    # minutes stops a slower machine earlier in its schedule (docs/research.md, "A budget in epochs").
     run_epochs: int = 0
     grad_clip: float = 5.0
     # Wall-clock guard: training stops cleanly after the epoch that crosses it.
@@ -52,7 +52,7 @@ class OptimConfig:
     # "float32", or "bfloat16": the input projection, LSTM and mask layer (not the DFTs, the mask's
     # product, the music gate's head or the loss) run under CPU autocast. On this machine's AMX CPU the
     # network's forward and backward take 0.56 of the float32 time and a whole epoch 0.80
-    # (docs/model.md, "Training of the shipped model"). Validation and export stay float32.
+    # (docs/model.md, "Training recipe"). Validation and export stay float32.
     precision: str = "float32"
     # Start each batch from the LSTM state of the previous one (training.train.batch_start); off:
     # every batch starts from the rest state.
@@ -94,7 +94,7 @@ class LossConfig:
     # early-50 ms target and 0 the direct path. Why: the evaluation scores the output against both, and
     # `python -m training.oracle --eval-set --early-weight W` shows that even an ideal mask aimed at
     # early-50 misses the direct-path bar at RT60 0.4-0.8 s, while the ideal phase-sensitive mask aimed
-    # at W = 0.75-0.85 meets all four SI-SDR bars (docs/model.md, "Can one real mask meet both SI-SDR
+    # at W = 0.75-0.85 meets all four SI-SDR bars (docs/research.md, "Can one real mask meet both SI-SDR
     # bars?"). A model trained at W = 0.8 moved only a little of its gain ("Aimed short of early-50").
     early_weight: float = 1.0
     # Soft ceiling of the per-example SNR in the loss (dB), see ``training.train.snr_db``.

@@ -86,7 +86,7 @@ class ReverbDataset:
             is_music = np.array([r["kind"] == "music" for r in self.clips])
             if is_music.any() and (~is_music).any():
                 # Why a knob: music is ~14 % of the corpus's duration, and the model took sustained
-                # notes for reverberant tails (docs/model.md, "Transparency").
+                # notes for reverberant tails (docs/research.md, "Near-clean music: where the error is").
                 w = np.where(is_music, music_share / sec[is_music].sum(), (1.0 - music_share) / sec[~is_music].sum())
                 self._clip_p = sec * w
         if not 0.0 <= lead_prob <= 1.0:

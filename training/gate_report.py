@@ -7,7 +7,7 @@ Measurements, each through the torch model (the exported graph is the same step,
 * blend: 192 validation examples (half music, seed 21), each from the rest state; mean SI-SDR gain
   against the early-50 target for music (and its worst example) and for speech (RT60 >= 0.4 s, all),
   and the mean pass-through share of reverberant speech (RT60 >= 0.4 s; what passes there is mostly
-  the tails in pauses, which DNSMOS hears: docs/model.md, "A head that knows a noise floor");
+  the tails in pauses, which DNSMOS hears: docs/research.md, "A linear gate head that knows a noise floor");
   ``blend_after_a_lead``: the same, each example starting with 0.05 to 1.5 s of its noise alone (a
   recording or a stream that starts before the first sound), and music scored from the lead's end;
 * noise floor: 20 s of white, pink and brown noise at -80 and -60 dBFS from the rest state (a live

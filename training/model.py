@@ -112,7 +112,7 @@ class ModelConfig:
     # so lp_delay = 3 keeps the first 48 ms, the early part, out of the prediction); state "spec_past"
     # holds the frames it needs. Why: late reverberation is, bin by bin, a decaying echo of that bin's
     # own past, which a prediction from past frames can remove and a mask on the current frame cannot
-    # (docs/model.md, "What limits the learned models"). The coefficients' layer is zero at init, so a
+    # (docs/research.md, "A sub-band LSTM, trained in full; what limits the learned models"). The coefficients' layer is zero at init, so a
     # model grown from a mask-only checkpoint starts exactly where that checkpoint was.
     lp_taps: int = 0
     lp_delay: int = 3
@@ -126,7 +126,7 @@ class ModelConfig:
     # Hidden units of the gate's head (0: the head is one linear layer). With H > 0 the head is
     # Linear(hidden, H), tanh, Linear(H, 1) (layers "music_gate_in" and "music_gate"). Why: trained to
     # call a noise floor before any sound "neither kind", a linear head also let reverberant tails that
-    # fade into the same floor through (docs/model.md, "A head that knows a noise floor"); telling the two
+    # fade into the same floor through (docs/research.md, "A linear gate head that knows a noise floor"); telling the two
     # apart needs what the LSTM remembers of recent sound, which a linear read-out mixes with the level.
     music_gate_hidden: int = 0
     # With the music gate: once a frame is passed through as music, the pass-through share is held and

@@ -31,7 +31,7 @@ def test_demo_clip_gain_against_its_early50_target_is_pinned(default_model):
     # linear gate head on the same weights gives +2.06; the difference is not the clip's noise-floor
     # lead-in (scored from 1 s on: +1.96 against +2.17) but one syllable at 7.9 s that the hidden-layer
     # head half takes for music (9 hops passed at ~0.8 against ~0.4), and pauses passed at 0.1-0.4
-    # (docs/model.md, "A head with a hidden layer"; other weights' figures: docs/research.md).
+    # (docs/research.md, "A gate head with a hidden layer").
     assert abs(gain - 1.89) < 0.1, gain
 
 
