@@ -146,6 +146,7 @@ class Processor:
         self.timings = TimingRing()
         # Peaks since the main thread last looked: [input, output] linear, reset by the reader.
         self.peaks = np.zeros(2, np.float64)
+        self._reduced = tuple(np.zeros((), np.float32) for _ in range(4))  # max/min of input and output
         self.requested_mix = engine.mix if engine is not None else 1.0  # written by the main thread
         self._applied_mix = self.requested_mix
         self.last_callback = 0.0  # perf_counter of the latest callback (watchdog)
@@ -169,9 +170,14 @@ class Processor:
                 self.counters.output_underflows += 1
 
     def _meter(self, indata: np.ndarray, outdata: np.ndarray) -> None:
-        p = self.peaks
-        a = max(float(indata.max()), -float(indata.min()))
-        b = max(float(outdata.max()), -float(outdata.min()))
+        p, r = self.peaks, self._reduced
+        # Reductions into preallocated 0-d arrays: ``indata.max()`` would allocate one per call.
+        np.max(indata, out=r[0])
+        np.min(indata, out=r[1])
+        np.max(outdata, out=r[2])
+        np.min(outdata, out=r[3])
+        a = max(float(r[0]), -float(r[1]))
+        b = max(float(r[2]), -float(r[3]))
         if a > p[0]:
             p[0] = a
         if b > p[1]:
@@ -200,6 +206,7 @@ class InlineProcessor(Processor):
     def __init__(self, layout: Layout, sample_rate: int, engine: Dereverberator | None):
         super().__init__(layout, sample_rate, engine)
         self._x = np.zeros((MAX_BLOCK, layout.channels), np.float32)
+        self._y = np.zeros((MAX_BLOCK, layout.channels), np.float32)  # the engine writes here: no array per callback
 
     @property
     def mode(self) -> str:
@@ -218,7 +225,7 @@ class InlineProcessor(Processor):
                 n = min(frames - done, MAX_BLOCK)
                 x = self._x[:n]
                 np.copyto(x, indata[done : done + n, :c])
-                outdata[done : done + n] = self.engine.process(x)
+                outdata[done : done + n] = self.engine.process(x, out=self._y[:n])
                 done += n
         self._meter(indata, outdata)
         self.counters.callbacks += 1
@@ -253,6 +260,7 @@ class WorkerProcessor(Processor):
         self._zeros = np.zeros((MAX_BLOCK, c), np.float32)
         self._y = np.zeros((MAX_BLOCK, c), np.float32)
         self._work_in = np.zeros((MAX_BLOCK, c), np.float32)
+        self._work_out = np.zeros((MAX_BLOCK, c), np.float32)
         self._wake = threading.Event()
         self._running = False
         self._thread: threading.Thread | None = None
@@ -342,7 +350,7 @@ class WorkerProcessor(Processor):
         self._apply_mix_request()
         x = self._work_in[:n]
         self.in_fifo.read_into(x)
-        y = self.engine.process(x)
+        y = self.engine.process(x, out=self._work_out[:n])
         # Cannot fail: frames in flight stay within target + the input FIFO, below the output capacity.
         self.out_fifo.write(y)
         self.timings.record(time.perf_counter() - t0, n)

@@ -104,7 +104,7 @@ class LossConfig:
     # follows. Why: with one fixed 30 dB ceiling an example whose input is already 40 dB from the
     # target (dry speech, a close talker in a small room, music) gains nothing in the loss from staying
     # above 30 dB, and the model learned to leave a ~25 dB distortion floor on such input, which is
-    # what costs SI-SDR in short rooms and on music (see docs/model.md, "Transparency").
+    # what costs SI-SDR in short rooms and on music (see docs/research.md, "Transparency: the runtime's DC blocker").
     snr_cap_margin_db: float = 0.0
     snr_cap_max_db: float = 50.0
     # Weight of two spectral terms in dB, each the error energy relative to the target's, on

@@ -245,8 +245,10 @@ class FakeEngine:
         self.mix_calls.append(mix)
         self.mix = mix
 
-    def process(self, x: np.ndarray) -> np.ndarray:
-        return x * np.float32(self.gain)
+    def process(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            return x * np.float32(self.gain)
+        return np.multiply(x, np.float32(self.gain), out=out)
 
 
 def ramp_blocks(block: int, count: int, start: int = 0):
@@ -328,6 +330,39 @@ def test_worker_buffer_grows_to_a_longer_host_block():
     assert proc.buffering_frames == 1024 and proc.resync.excess == 0
     assert np.array_equal(y[-8 * 1024 :], np.arange(1, 1 + y.size, dtype=np.float32)[-9 * 1024 : -1024])
     assert proc.counters.fifo_underruns <= 1  # at most the very first block, before the worker primed
+
+
+@pytest.mark.parametrize("mode", ["inline", "worker"])
+def test_a_steady_state_callback_allocates_no_array(default_model, mode):
+    """The audio callback and the worker's step run the real engine into preallocated buffers: after
+    the first callbacks have sized them, a callback (and a worker step) allocates no NumPy array."""
+    from stream import Dereverberator
+    from stream.devices import Layout
+    from tests.stream.allocations import counting
+
+    eng = Dereverberator(default_model, sample_rate=48000, channels=1)
+    block = 256
+    x = (0.1 * np.random.default_rng(0).standard_normal((200 * block, 1))).astype(np.float32)
+    out = np.zeros((block, 1), np.float32)
+    if mode == "inline":
+        proc = InlineProcessor(Layout(1, 1, 1), 48000, eng)
+
+        def run(i: int) -> None:
+            proc(x[i * block : (i + 1) * block], out, block, None, None)
+    else:
+        proc = WorkerProcessor(Layout(1, 1, 1), 48000, eng, 1024)
+
+        def run(i: int) -> None:
+            proc(x[i * block : (i + 1) * block], out, block, None, None)
+            while proc.work_once():
+                pass
+
+    for i in range(60):
+        run(i)
+    with counting() as n:
+        for i in range(60, 160):
+            run(i)
+    assert n.count == 0, f"{n.count} arrays in 100 callbacks"
 
 
 def test_mix_changes_reach_the_engine_on_the_audio_thread():

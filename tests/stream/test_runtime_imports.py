@@ -24,7 +24,7 @@ import pytest
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[2]
-FORBIDDEN = ("torch", "onnx", "training", "export")  # top-level names; torchaudio & co. match "torch"
+FORBIDDEN = ("torch", "onnx", "training", "export", "benchmarks", "tests")  # top-level names; torchaudio & co. match "torch"
 
 # Runs in the fresh interpreter: argv[1] = JSON {"mode": ..., "argvs": [...]}, argv[2] = result path.
 PROBE = r'''
