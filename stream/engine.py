@@ -50,6 +50,9 @@ LOW_SMOOTH_S = 0.08
 # Model calls are capped at this many hops, which bounds memory for huge blocks while keeping the
 # per-call overhead negligible (measured: 64 hops per call runs ~4x faster per sample than 1 hop).
 MAX_HOPS_PER_CALL = 64
+# Frames per slice of one engine_step call: a larger block is processed slice by slice (the output is the
+# same; only the limiter's running input peak is then taken per slice, as in any streamed use).
+MAX_FRAMES_PER_STEP = 1 << 17
 
 
 @dataclass(frozen=True)
@@ -311,8 +314,21 @@ def engine_step(plan: Plan, block: np.ndarray, state: EngineState, out: np.ndarr
     c, n = block.shape
     if out is None:
         out = np.empty((c, n), np.float32)
-    if n == 0:
+    if n > MAX_FRAMES_PER_STEP:
+        # A huge block (a whole recording in one call) runs as consecutive slices, so the engine's
+        # buffers, which keep the size of the largest block they have held, stay bounded.
+        for start in range(0, n, MAX_FRAMES_PER_STEP):
+            stop = min(n, start + MAX_FRAMES_PER_STEP)
+            _step(plan, block[:, start:stop], state, out[:, start:stop])
         return out, state
+    if n:
+        _step(plan, block, state, out)
+    return out, state
+
+
+def _step(plan: Plan, block: np.ndarray, state: EngineState, out: np.ndarray) -> None:
+    """:func:`engine_step` for one block of at most MAX_FRAMES_PER_STEP frames."""
+    c, n = block.shape
     scratch = state.scratch
     x = scratch("x", (c, n))
     np.copyto(x, block, casting="unsafe")
@@ -353,7 +369,6 @@ def engine_step(plan: Plan, block: np.ndarray, state: EngineState, out: np.ndarr
     if float(np.max(mag, out=peak_of)) > float(limit):
         np.minimum(out, limit, out=out)
         np.maximum(out, np.negative(limit, out=scratch("-limit", ())), out=out)
-    return out, state
 
 
 def _model_path(plan: Plan, x: np.ndarray, state: EngineState) -> None:

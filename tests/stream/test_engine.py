@@ -299,3 +299,22 @@ def test_a_copied_state_continues_alike(default_model):
     y1, _ = engine_step(plan, x[:, 20000:], state)
     y2, _ = engine_step(plan, x[:, 20000:], branch)
     assert np.array_equal(y1, y2) and np.abs(y1).max() > 1e-3
+
+
+def test_a_huge_block_runs_in_bounded_memory(default_model, monkeypatch):
+    """One call with a whole recording gives what blocks give, and the engine's buffers (which keep the
+    size of the largest block they have held) stay at the slice size, not the recording's."""
+    import stream.engine as engine
+
+    monkeypatch.setattr(engine, "MAX_FRAMES_PER_STEP", 4096)
+    x = _demo(48000, 2)[: 48000 * 3]
+    whole = Dereverberator(default_model, sample_rate=48000, channels=2)
+    y = whole.process(x)
+    blocks = Dereverberator(default_model, sample_rate=48000, channels=2)
+    z = np.concatenate([blocks.process(x[i : i + 1000]) for i in range(0, x.shape[0], 1000)])
+    assert np.max(np.abs(y - z)) <= 1e-5
+    st = whole.state
+    biggest = max(f._bufs[0].shape[1] for f in (st.pending, st.model_out, st.queue, st.dry))
+    assert biggest < 4 * 4096, biggest
+    scratch_bytes = sum(a.nbytes for a in st.scratch._flat.values())
+    assert scratch_bytes < 64 * 4096 * 4 * 4, scratch_bytes
