@@ -86,7 +86,8 @@ def test_both_inputs_start_as_the_checkpoints_network():
     base = MaskLSTM(ModelConfig(hidden=16)).eval()
     with torch.no_grad():
         base.mask.weight.normal_(0, 0.5)
-    grown = MaskLSTM(ModelConfig(hidden=16, rls_taps=3, rls_features="both")).eval()
+    # rls_settle 0: the filter learns from the first hops, within this short clip.
+    grown = MaskLSTM(ModelConfig(hidden=16, rls_taps=3, rls_settle=0, rls_features="both")).eval()
     grown.load_state_dict({**base.state_dict(), **{f"proj_residual.{k}": v
                                                    for k, v in grown.proj_residual.state_dict().items()}})
     x = torch.from_numpy(speechlike(0.5, 16000, 1, seed=6).T.copy())[:, :31 * 256]
@@ -101,8 +102,35 @@ def test_both_inputs_start_as_the_checkpoints_network():
     assert float((shipped - b.audio).abs().max()) > 1e-4 and b.state["rls_g"].abs().max() > 0
 
 
+def test_the_step_settles_before_it_learns():
+    # rls_settle hops: each bin measures its level before its filter moves; the filter stays zero
+    # through a clip shorter than that and learns on the same clip without settling.
+    x = torch.from_numpy(speechlike(0.5, 16000, 1, seed=7).T.copy())[:, :31 * 256]
+    learned = {}
+    for settle in (0, 32):
+        torch.manual_seed(6)
+        m = MaskLSTM(ModelConfig(hidden=16, rls_taps=3, rls_settle=settle)).eval()
+        with torch.no_grad():
+            learned[settle] = float(m.step(x, m.initial_state(1)).state["rls_g"].abs().max())
+    assert learned[32] == 0.0 and learned[0] > 0
+
+
+def test_the_step_and_the_reference_get_the_same_settings():
+    # One conversion: every PredictorConfig field comes from its rls_* option, none from a default.
+    from dataclasses import fields
+
+    from training.predictor import PredictorConfig
+
+    values = {"taps": 7, "delay": 2, "lam": 0.99, "delta": 4.5, "floor": 1e-9, "clip": 6.0, "settle": 5}
+    assert set(values) == {f.name for f in fields(PredictorConfig)}
+    pcfg = ModelConfig(**{f"rls_{k}": v for k, v in values.items()}).predictor_config()
+    assert {k: getattr(pcfg, k) for k in values} == values
+    default = ModelConfig(rls_taps=10).predictor_config()
+    assert (default.delta, default.settle) == (10.0, 32)
+
+
 def test_settings_are_checked():
-    for bad in ({"rls_target": "late"}, {"rls_features": "x"}, {"rls_delay": 0}, {"lp_taps": 2}):
+    for bad in ({"rls_target": "late"}, {"rls_features": "x"}, {"rls_delay": 0}, {"rls_settle": -1}, {"lp_taps": 2}):
         with pytest.raises(ValueError):
             MaskLSTM(ModelConfig(hidden=16, rls_taps=3, **bad))
 
@@ -111,10 +139,11 @@ def test_the_input_target_changes_only_what_the_filter_learns():
     # rls_target = "input": the late target is (1 - mask) X, not X - mask R. The first hops (nothing to
     # predict from yet) are the same; after them the filters, and so the outputs, differ.
     torch.manual_seed(5)
-    a = MaskLSTM(ModelConfig(hidden=16, rls_taps=3)).eval()
+    # rls_settle 0: the filter learns from the first hops, within this short clip.
+    a = MaskLSTM(ModelConfig(hidden=16, rls_taps=3, rls_settle=0)).eval()
     with torch.no_grad():
         a.mask.weight.normal_(0, 0.5)
-    b = MaskLSTM(ModelConfig(hidden=16, rls_taps=3, rls_target="input")).eval()
+    b = MaskLSTM(ModelConfig(hidden=16, rls_taps=3, rls_settle=0, rls_target="input")).eval()
     b.load_state_dict(a.state_dict())
     x = torch.from_numpy(speechlike(0.5, 16000, 1, seed=8).T.copy())[:, :31 * 256]
     with torch.no_grad():
