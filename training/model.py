@@ -162,12 +162,13 @@ class ModelConfig:
     # is sequential in frames (frame t's filter needs E(t - 1)), so the model runs hop by hop; the
     # exported graph is an ONNX Loop over hops (export.onnx_export). Settings: see
     # training.predictor.PredictorConfig (rls_lam its lam, and so on); predictor_config() is the one
-    # conversion, every field set from here. rls_delta 10 and rls_settle 32: the untrained single pass
-    # measured best with them (docs/research.md, the predictor's entries).
+    # conversion, every field set from here. rls_delta 30 and rls_settle 32: with them the untrained
+    # single pass measured best (delta 30 above 10 in every RT60 bin, docs/research.md), and without
+    # settling a bin's start is scaled to the quiet onset of its first sound and diverges.
     rls_taps: int = 0
     rls_delay: int = 3
     rls_lam: float = 0.998
-    rls_delta: float = 10.0
+    rls_delta: float = 30.0
     rls_floor: float = 1e-10
     rls_clip: float = 10.0
     rls_settle: int = 32

@@ -127,7 +127,7 @@ def test_the_step_and_the_reference_get_the_same_settings():
     pcfg = ModelConfig(**{f"rls_{k}": v for k, v in values.items()}).predictor_config()
     assert {k: getattr(pcfg, k) for k in values} == values
     default = ModelConfig(rls_taps=10).predictor_config()
-    assert (default.delta, default.settle) == (10.0, 32)
+    assert (default.delta, default.settle) == (30.0, 32)
 
 
 def test_settings_are_checked():
