@@ -346,7 +346,7 @@ def predictor_outputs(mix: np.ndarray, early: np.ndarray, model: SpectralModel, 
 
 
 _WORKER_MODEL: SpectralModel | None = None
-_WORKER_STEPS: dict = {}
+_WORKER_STEPS: dict[str, object] = {}  # step models by path, loaded once per worker
 
 
 def _predictor_worker(job: tuple) -> list[tuple]:
