@@ -305,7 +305,8 @@ def build_card(model: MaskLSTM, ckpt: dict, name: str, rest_seconds: float = RES
                          f"{cfg.layers} x {cfg.hidden} LSTM, input projection {cfg.input_proj}"
                          + (", music gate" if cfg.music_gate else "")
                          + (f", per-bin RLS late-reverb predictor ({cfg.rls_taps} taps, delay {cfg.rls_delay} hops, "
-                            f"forgetting {cfg.rls_lam:g}, bins up to {cfg.rls_f_max:g} Hz)" if cfg.rls_taps else "")
+                            f"forgetting {cfg.rls_lam:g}, delta {cfg.rls_delta:g}, settling {cfg.rls_settle} hops, "
+                            f"bins up to {cfg.rls_f_max:g} Hz, target {cfg.rls_target})" if cfg.rls_taps else "")
                          + ")"),
         "sample_rate": cfg.sample_rate,
         "hop": cfg.hop,

@@ -161,13 +161,17 @@ class ModelConfig:
     # weights: it can be added to any checkpoint (python -m export --set model.rls_taps=10). The step
     # is sequential in frames (frame t's filter needs E(t - 1)), so the model runs hop by hop; the
     # exported graph is an ONNX Loop over hops (export.onnx_export). Settings: see
-    # training.predictor.PredictorConfig (rls_lam its lam, and so on).
+    # training.predictor.PredictorConfig (rls_lam its lam, and so on); predictor_config() is the one
+    # conversion, every field set from here. rls_delta 30 and rls_settle 32: with them the untrained
+    # single pass measured best (delta 30 above 10 in every RT60 bin, docs/research.md), and without
+    # settling a bin's start is scaled to the quiet onset of its first sound and diverges.
     rls_taps: int = 0
     rls_delay: int = 3
     rls_lam: float = 0.998
-    rls_delta: float = 3.0
+    rls_delta: float = 30.0
     rls_floor: float = 1e-10
     rls_clip: float = 10.0
+    rls_settle: int = 32
     rls_f_max: float = 8000.0
     # What the network reads with the predictor: "residual" (the features of R(t) in place of X(t)'s) or
     # "both" (X(t)'s through the input projection as without the predictor, plus R(t)'s through a layer
@@ -211,9 +215,11 @@ class ModelConfig:
         return self.rls_delay + self.rls_taps - 1 if self.rls_taps else 0
 
     def predictor_config(self) -> PredictorConfig:
-        """The predictor's settings in training.predictor's terms."""
+        """The predictor's settings in training.predictor's terms: every field of PredictorConfig set
+        from the rls_* options (none left at PredictorConfig's defaults), so the numpy reference and
+        the torch / ONNX step run with the same values."""
         return PredictorConfig(taps=self.rls_taps, delay=self.rls_delay, lam=self.rls_lam, delta=self.rls_delta,
-                               floor=self.rls_floor, clip=self.rls_clip)
+                               floor=self.rls_floor, clip=self.rls_clip, settle=self.rls_settle)
 
     @property
     def lp_frames(self) -> int:
@@ -298,6 +304,8 @@ class MaskLSTM(nn.Module):
         if cfg.rls_taps:
             if cfg.rls_delay < 1:
                 raise ValueError("rls_delay must be >= 1 frame (the current frame is not predicted)")
+            if cfg.rls_settle < 0:
+                raise ValueError("rls_settle must be >= 0 hops")
             if cfg.lp_taps:
                 raise ValueError("rls_taps and lp_taps are two predictors of the same late part: choose one")
             if cfg.rls_target not in ("residual", "input"):

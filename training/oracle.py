@@ -5,6 +5,7 @@
     python -m training.oracle --eval-set --seed 0 --framings   # real-mask ceilings for other STFT framings
     python -m training.oracle --eval-set --seed 0 --early-weight 0   # masks ideal for the direct path
     python -m training.oracle --predictor --seed 0 [--warmup 4 --seconds 8] [--delta 3 10] [--f-max 4000]
+    python -m training.oracle --predictor --seed 0 --causal-start --single-pass-only --step M.onnx
 
 For each example the ideal mask of each family is computed from the target (early-50 ms, or with
 ``--early-weight`` a reference between it and the direct path) and applied to the mixture; the table gives mean SI-SDR against the early-50 target and the direct path
@@ -30,7 +31,9 @@ Two adaptive forms of that prediction, which is what a run-time system would hav
 the shipped network (an ONNX step model, run on STFT frames through its own graph): alone, before
 the network, driven by the network's late estimate in a cascade of two network passes, and in a
 single causal pass where the network's output of each frame is the predictor's next target (see
-:func:`predictor_outputs`), on the evaluation's reverberant examples, cold or after a warm-up.
+:func:`predictor_outputs`), on the evaluation's reverberant examples, cold or after a warm-up; with
+``--step``, beside them, what step models (the predictor inside the exported step) give on the same
+examples.
 """
 
 from __future__ import annotations
@@ -182,9 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     pred.add_argument("--delta", type=float, nargs="+", default=[10.0], help="P starts at I / (delta * sigma_f^2)")
     pred.add_argument("--f-max", type=float, nargs="+", default=[8000.0],
                       help="predict only bins up to this frequency in Hz (%(default)s = all)")
+    pred.add_argument("--settle", type=int, default=PredictorConfig.settle,
+                      help="with --causal-start: active hops a bin measures its level before it learns (%(default)s)")
     pred.add_argument("--causal-start", action="store_true",
                       help="start P from each bin's first active hop instead of the example's mean power")
     pred.add_argument("--single-pass-only", action="store_true", help="only the single-pass row (faster)")
+    pred.add_argument("--step", nargs="+", default=[], metavar="ONNX",
+                      help="step models (e.g. exported with the in-step predictor, ModelConfig.rls_taps) run "
+                           "whole through the runtime on the same examples and scored the same way: a row each")
     pred.add_argument("--jobs", type=int, default=2, help="worker processes")
     args = ap.parse_args(argv)
     cfg = ModelConfig()
@@ -338,14 +346,15 @@ def predictor_outputs(mix: np.ndarray, early: np.ndarray, model: SpectralModel, 
 
 
 _WORKER_MODEL: SpectralModel | None = None
+_WORKER_STEPS: dict[str, object] = {}  # step models by path, loaded once per worker
 
 
 def _predictor_worker(job: tuple) -> list[tuple]:
     """Score one example (runs in a worker process): rows of (rt60, system, gain vs early, vs direct)."""
     global _WORKER_MODEL
-    from training.evaluate import build_example
+    from training.evaluate import SAMPLE_RATE, build_example
 
-    spec, seconds, warmup, model_path, variants, single_pass_only, causal_start = job
+    spec, seconds, warmup, model_path, variants, single_pass_only, causal_start, steps = job
     if _WORKER_MODEL is None:
         _WORKER_MODEL = SpectralModel(model_path)
     ex = build_example(spec, seconds, warmup)
@@ -361,6 +370,16 @@ def _predictor_worker(job: tuple) -> list[tuple]:
                 continue  # the same network output for every predictor setting
             label = name if name == "model" else f"{name} [{tag}]"
             rows.append((float(spec.rt60), label, si_sdr(y[sl], early[sl]) - base[0], si_sdr(y[sl], direct[sl]) - base[1]))
+    for path in steps:
+        import stream
+        from stream.model import StepModel
+
+        if path not in _WORKER_STEPS:
+            _WORKER_STEPS[path] = StepModel.load(path)
+        # The runtime's time-aligned output: its frames start one hop earlier (a zero hop first) than
+        # the oracle's, which moves where each bin's first active hop falls.
+        y = stream.dereverb_array(mix.astype(np.float32), SAMPLE_RATE, model=_WORKER_STEPS[path]).astype(np.float64)
+        rows.append((float(spec.rt60), f"step {path}", si_sdr(y[sl], early[sl]) - base[0], si_sdr(y[sl], direct[sl]) - base[1]))
     return rows
 
 
@@ -375,10 +394,11 @@ def _predictor_table(args: argparse.Namespace) -> int:
 
     ecfg = EvalConfig(corpus=args.corpus, rooms=args.rooms, count=args.count, seed=args.seed)
     specs = [s for s in plan_examples(ecfg) if s.kind == "reverb"]
-    variants = [(PredictorConfig(taps=k, delay=d, lam=lam, delta=delta), f_max)
+    variants = [(PredictorConfig(taps=k, delay=d, lam=lam, delta=delta, settle=args.settle), f_max)
                 for k in args.taps for d in args.delay for lam in args.lam for delta in args.delta
                 for f_max in args.f_max]
-    jobs = [(s, args.seconds, args.warmup, args.model, variants, args.single_pass_only, args.causal_start) for s in specs]
+    jobs = [(s, args.seconds, args.warmup, args.model, variants, args.single_pass_only, args.causal_start, args.step)
+            for s in specs]
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"  # one thread per worker, inherited by the spawned processes
     if args.jobs > 1:

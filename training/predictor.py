@@ -110,9 +110,9 @@ def _update(state: dict[str, np.ndarray], x: np.ndarray, d: np.ndarray, cfg: Pre
     # Settling: the weight of n active hops from a fresh start is 1 - lam ** n.
     settling = active & (weight < 1 - lam ** cfg.settle)
     # A hop far louder than the running level (a burst) is scaled down to ``clip`` x the level, so it
-    # cannot dominate the correlation for the next minutes; while the level is still being measured,
-    # no hop is.
-    capped = np.where(settling | (cfg.clip <= 0), energy, np.minimum(energy, cfg.clip * level))
+    # cannot dominate the correlation for the next minutes; while the level is still being measured
+    # (a fresh bin's first hop included, also with settle 0), no hop is.
+    capped = np.where(fresh | settling | (cfg.clip <= 0), energy, np.minimum(energy, cfg.clip * level))
     scale = np.sqrt(capped / np.maximum(energy, tiny)).astype(real)
     x, d = x * scale[:, None], d * scale
     # The level: a bias-corrected running mean (forgetting lam) of the capped power, over active hops.

@@ -64,10 +64,9 @@ def update(g: Tensor, p: Tensor, level: Tensor, weight: Tensor, x: Tensor, d: Te
     energy = (xr * xr + xi * xi).sum(-1) / k  # [..., F] power per tap
     active = energy > cfg.floor
     fresh = active & (weight <= 0)
-    # A bin that only measures its level for its first ``settle`` active hops (a PredictorConfig with
-    # that setting): the weight of n active hops from a fresh start is 1 - lam ** n.
-    settle = int(getattr(cfg, "settle", 0))
-    settling = active & (weight < 1 - lam ** settle) if settle > 0 else None
+    # A bin only measures its level for its first ``settle`` active hops: the weight of n active hops
+    # from a fresh start is 1 - lam ** n (settle 0: never; a fresh bin's own hop still sets its level).
+    settling = active & (weight < 1 - lam ** cfg.settle) if cfg.settle > 0 else None
     if cfg.clip > 0:
         unclipped = fresh if settling is None else fresh | settling
         capped = torch.where(unclipped, energy, torch.minimum(energy, cfg.clip * level))

@@ -1,5 +1,6 @@
 """Export of a model with the in-step late-reverb predictor: torch vs ONNX parity, its states in the graph
-and the card, a rest state that silence leaves at the start, and the predictor off by default."""
+and the card, a rest state that silence leaves at the start, the predictor off by default, its settings
+those of the numpy reference, and the exported step equal to the oracle's single pass."""
 
 from __future__ import annotations
 
@@ -86,7 +87,8 @@ def test_both_inputs_start_as_the_checkpoints_network():
     base = MaskLSTM(ModelConfig(hidden=16)).eval()
     with torch.no_grad():
         base.mask.weight.normal_(0, 0.5)
-    grown = MaskLSTM(ModelConfig(hidden=16, rls_taps=3, rls_features="both")).eval()
+    # rls_settle 0: the filter learns from the first hops, within this short clip.
+    grown = MaskLSTM(ModelConfig(hidden=16, rls_taps=3, rls_settle=0, rls_features="both")).eval()
     grown.load_state_dict({**base.state_dict(), **{f"proj_residual.{k}": v
                                                    for k, v in grown.proj_residual.state_dict().items()}})
     x = torch.from_numpy(speechlike(0.5, 16000, 1, seed=6).T.copy())[:, :31 * 256]
@@ -101,8 +103,35 @@ def test_both_inputs_start_as_the_checkpoints_network():
     assert float((shipped - b.audio).abs().max()) > 1e-4 and b.state["rls_g"].abs().max() > 0
 
 
+def test_the_step_settles_before_it_learns():
+    # rls_settle hops: each bin measures its level before its filter moves; the filter stays zero
+    # through a clip shorter than that and learns on the same clip without settling.
+    x = torch.from_numpy(speechlike(0.5, 16000, 1, seed=7).T.copy())[:, :31 * 256]
+    learned = {}
+    for settle in (0, 32):
+        torch.manual_seed(6)
+        m = MaskLSTM(ModelConfig(hidden=16, rls_taps=3, rls_settle=settle)).eval()
+        with torch.no_grad():
+            learned[settle] = float(m.step(x, m.initial_state(1)).state["rls_g"].abs().max())
+    assert learned[32] == 0.0 and learned[0] > 0
+
+
+def test_the_step_and_the_reference_get_the_same_settings():
+    # One conversion: every PredictorConfig field comes from its rls_* option, none from a default.
+    from dataclasses import fields
+
+    from training.predictor import PredictorConfig
+
+    values = {"taps": 7, "delay": 2, "lam": 0.99, "delta": 4.5, "floor": 1e-9, "clip": 6.0, "settle": 5}
+    assert set(values) == {f.name for f in fields(PredictorConfig)}
+    pcfg = ModelConfig(**{f"rls_{k}": v for k, v in values.items()}).predictor_config()
+    assert {k: getattr(pcfg, k) for k in values} == values
+    default = ModelConfig(rls_taps=10).predictor_config()
+    assert (default.delta, default.settle) == (30.0, 32)
+
+
 def test_settings_are_checked():
-    for bad in ({"rls_target": "late"}, {"rls_features": "x"}, {"rls_delay": 0}, {"lp_taps": 2}):
+    for bad in ({"rls_target": "late"}, {"rls_features": "x"}, {"rls_delay": 0}, {"rls_settle": -1}, {"lp_taps": 2}):
         with pytest.raises(ValueError):
             MaskLSTM(ModelConfig(hidden=16, rls_taps=3, **bad))
 
@@ -111,13 +140,57 @@ def test_the_input_target_changes_only_what_the_filter_learns():
     # rls_target = "input": the late target is (1 - mask) X, not X - mask R. The first hops (nothing to
     # predict from yet) are the same; after them the filters, and so the outputs, differ.
     torch.manual_seed(5)
-    a = MaskLSTM(ModelConfig(hidden=16, rls_taps=3)).eval()
+    # rls_settle 0: the filter learns from the first hops, within this short clip.
+    a = MaskLSTM(ModelConfig(hidden=16, rls_taps=3, rls_settle=0)).eval()
     with torch.no_grad():
         a.mask.weight.normal_(0, 0.5)
-    b = MaskLSTM(ModelConfig(hidden=16, rls_taps=3, rls_target="input")).eval()
+    b = MaskLSTM(ModelConfig(hidden=16, rls_taps=3, rls_settle=0, rls_target="input")).eval()
     b.load_state_dict(a.state_dict())
     x = torch.from_numpy(speechlike(0.5, 16000, 1, seed=8).T.copy())[:, :31 * 256]
     with torch.no_grad():
         ya, yb = a.step(x, a.initial_state(1)), b.step(x, b.initial_state(1))
     assert torch.equal(ya.audio[:, :4 * 256], yb.audio[:, :4 * 256])
     assert float((ya.state["rls_g"] - yb.state["rls_g"]).abs().max()) > 1e-3
+
+
+def test_the_exported_step_is_the_oracles_single_pass(tmp_path):
+    # The shipped checkpoint exported with the predictor computes what training.oracle's single pass
+    # (the numpy reference beside the shipped graph's spectral subgraph) computes, from the same start
+    # and on the stream's framing. Float32 against float64 and the music gate's pass-through (the step
+    # passes X, the oracle R; equal while the predictor settles) are all that may differ.
+    import soundfile as sf
+
+    from export.onnx_export import export_checkpoint
+    from models import default_model_path
+    from stream.demo import DEMO_CLIP
+    from stream.model import StepModel
+    from training.oracle import SpectralModel, predictor_outputs
+
+    shipped = default_model_path()
+    card = export_checkpoint(shipped.with_suffix(".pt"), tmp_path / "p.onnx", rest_seconds=1.0,
+                             overrides={"rls_taps": 10})
+    spectral = SpectralModel(str(shipped))
+    step = StepModel.load(tmp_path / "p.onnx")
+    start = {**step.initial_state(1), **spectral.start()}  # the network's rest state as the oracle's
+    # Reverberant speech: the gate passes only its first hops, while the predictor still settles.
+    x, sr = sf.read(str(DEMO_CLIP), dtype="float32", always_2d=True)
+    assert sr == 16000
+    mix = x[: 4 * sr, 0].copy()
+    got = step.run(mix[None], start)[0][0].astype(np.float64)
+    cfg = ModelConfig(**card["model_config"]).predictor_config()
+    padded = np.concatenate([np.zeros(256), mix.astype(np.float64)])  # the step's first frame: a zero hop first
+    want = predictor_outputs(padded, padded, spectral, cfg, single_pass_only=True, causal_start=True)["single pass"]
+    want = want[: mix.size]  # the step's output is one hop late, as the padded frames are
+    sl = slice(512, mix.size - 512)
+    err = float(np.sum((got[sl] - want[sl]) ** 2) / np.sum(want[sl] ** 2))
+    without = float(np.sum((got[sl] - spectral_only(spectral, padded)[sl]) ** 2) / np.sum(want[sl] ** 2))
+    assert err < 1e-5 and without > 1e-2, (err, without)  # agree to 50 dB; the predictor changed the output
+
+
+def spectral_only(spectral, x: np.ndarray) -> np.ndarray:
+    """The shipped network alone on ``x`` [n] (the oracle's "model" row)."""
+    from training.model import dft_matrices
+    from training.oracle import istft, stft
+
+    fwd, inv = (m.numpy().astype(np.float64) for m in dft_matrices(512))
+    return istft(spectral.run(stft(x, fwd, 512, 256), spectral.start())[0], inv, len(x), 512, 256)

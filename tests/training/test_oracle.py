@@ -158,3 +158,28 @@ def test_the_single_pass_is_causal_and_the_cascade_rows_are_all_there():
     # (with P started from the first active hop; the example's mean power is an oracle's knowledge).
     assert np.array_equal(out["single pass"][: 12000 - 512], again["single pass"][: 12000 - 512])
     assert not np.allclose(out["single pass"][12000:], again["single pass"][12000:])
+
+
+def test_a_step_models_row_is_the_runtime_scored_like_the_oracles_rows(monkeypatch):
+    # --step runs a whole step model through the runtime, time-aligned, on the oracle's example: the
+    # shipped graph's row is then the oracle's network row, up to the runtime's extra leading frame.
+    import types
+
+    import training.evaluate as evaluate
+    from training import oracle
+    from training.predictor import PredictorConfig
+
+    rng = np.random.default_rng(5)
+    early = rng.standard_normal(3 * 16000) * 0.05
+    rir = np.exp(-np.arange(8000) / 1600.0) * rng.standard_normal(8000)
+    rir[:800] = 0
+    mix = early + 0.3 * np.convolve(early, rir)[: early.size]
+    ex = {"input": mix.astype(np.float32), "early": early.astype(np.float32), "direct": early.astype(np.float32),
+          "score_from": 0}
+    monkeypatch.setattr(evaluate, "build_example", lambda spec, seconds, warmup=0.0: ex)
+    job = (types.SimpleNamespace(rt60=0.6), 3.0, 0.0, _shipped(), [(PredictorConfig(taps=4), 8000.0)], False, True,
+           [_shipped()])
+    rows = {name: (e, d) for _, name, e, d in oracle._predictor_worker(job)}
+    step = rows[f"step {_shipped()}"]
+    assert abs(step[0] - rows["model"][0]) < 0.1 and abs(step[1] - rows["model"][1]) < 0.1, (step, rows["model"])
+    assert abs(rows["model"][0]) > 0.2  # the network changed the signal: the comparison means something

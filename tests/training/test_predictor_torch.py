@@ -37,9 +37,9 @@ def _join(t: torch.Tensor, axis: int) -> np.ndarray:
     return np.take(a, 0, axis=axis) + 1j * np.take(a, 1, axis=axis)
 
 
-@pytest.mark.parametrize("clip", [10.0, 0.0])
-def test_follows_the_float32_reference_hop_for_hop(clip):
-    cfg = ref.PredictorConfig(taps=6, clip=clip)
+@pytest.mark.parametrize("clip,settle", [(10.0, 32), (0.0, 32), (10.0, 0)])
+def test_follows_the_float32_reference_hop_for_hop(clip, settle):
+    cfg = ref.PredictorConfig(taps=6, clip=clip, settle=settle)
     frames, bins = 400, 12
     x, late = _stream(frames, bins)
     regs = ref.regressors(x, cfg)  # [T, F, K]
