@@ -208,8 +208,10 @@ def training_lines(card: dict) -> list[str]:
     stages = [st for st in t.get("stages", []) if isinstance(st, dict) and "epochs" in st] or (
         [{"epochs": t["epochs"], "train_seconds": t.get("train_seconds")}] if "epochs" in t else [])
     for i, st in enumerate(stages, 1):
-        took = f" in {st['train_seconds'] / 60:.0f} min" if isinstance(st.get("train_seconds"), (int, float)) else ""
-        lines.append((f"stage {i}: " if len(stages) > 1 else "") + f"{st['epochs']} epochs{took}")
+        # A run records the epochs and time up to the epoch it kept (its best validation), which may
+        # be fewer than the run's budget.
+        took = f", {st['train_seconds'] / 60:.0f} min to it" if isinstance(st.get("train_seconds"), (int, float)) else ""
+        lines.append((f"run {i}: " if len(stages) > 1 else "") + f"kept after epoch {st['epochs']}{took}")
     return lines
 
 
