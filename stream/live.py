@@ -8,7 +8,7 @@ Two ways to run the model step, chosen by ``LiveConfig.buffer_ms``. Both are mea
 and the worker has fewer xruns under CPU load; the numbers are in docs/live.md.
 
 * worker (``buffer_ms > 0``, default 20 ms): the callback only copies into and out of two preallocated,
-  bounded FIFOs (``Fifo``); a worker thread runs the engine. The output FIFO is primed with
+  bounded FIFOs (``ThreadRing``); a worker thread runs the engine. The output FIFO is primed with
   ``buffer_ms`` of silence, which absorbs late model steps at the price of that much latency. After an
   underrun the extra data that arrives late is dropped (``ResyncCounter``), so the latency returns to
   its target instead of growing with every overload.
@@ -56,7 +56,7 @@ STATUS_PERIOD_S = 0.25  # status line refresh
 
 
 # ------------------------------------------------------------------------------------------- buffers
-class Fifo:
+class ThreadRing:
     """A bounded single-producer single-consumer ring of float32 [capacity, channels] frames.
 
     One thread writes, one thread reads; both only copy into or out of the preallocated ring, and the
@@ -251,8 +251,8 @@ class WorkerProcessor(Processor):
         super().__init__(layout, sample_rate, engine)
         c = layout.channels
         cap = max(int(FIFO_SECONDS * sample_rate), 4 * buffer_frames, 4 * MAX_BLOCK)
-        self.in_fifo = Fifo(cap, c)
-        self.out_fifo = Fifo(cap, c)
+        self.in_fifo = ThreadRing(cap, c)
+        self.out_fifo = ThreadRing(cap, c)
         self.out_fifo.write(np.zeros((buffer_frames, c), np.float32))  # the target latency, primed as silence
         self.resync = ResyncCounter(buffer_frames, primed=buffer_frames)
         self._initial_prime = buffer_frames

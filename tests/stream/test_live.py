@@ -23,7 +23,7 @@ import pytest
 from stream import cli
 from stream.devices import (AudioDeviceError, DeviceInfo, StreamSetup, _quiet_stderr, choose_layout,
                             choose_samplerate, format_devices, import_sounddevice, parse_device, resolve_device)
-from stream.live import Fifo, InlineProcessor, LiveConfig, WorkerProcessor, prepare
+from stream.live import InlineProcessor, LiveConfig, ThreadRing, WorkerProcessor, prepare
 from stream.live_report import TimingRing, format_summary, make_summary, write_stats
 from stream.live_ui import Controls
 from tests.conftest import debian_unavailable
@@ -220,7 +220,7 @@ def test_file_mode_never_imports_sounddevice(tmp_path):
 
 # ------------------------------------------------------------------------------------- FIFO and resync
 def test_fifo_wraps_and_refuses_what_does_not_fit():
-    f = Fifo(8, 1)
+    f = ThreadRing(8, 1)
     assert f.write(np.arange(6, dtype=np.float32)[:, None])
     out = np.zeros((4, 1), np.float32)
     assert f.read_into(out) == 4 and out[:, 0].tolist() == [0, 1, 2, 3]
