@@ -391,6 +391,14 @@ class MaskLSTM(nn.Module):
         """
         if self.cfg.rls_taps and audio.shape[1] > self.cfg.hop:
             return self._hop_by_hop(audio, states)
+        return self._forward(audio, states)
+
+    def _forward(self, audio: Tensor, states: tuple[Tensor, ...], given: Tensor | None = None,
+                 fast: bool = False) -> tuple[Tensor, ...]:
+        """``forward`` on [B, n * hop]; with the predictor, either one hop (``given`` None: the
+        prediction from the state's filter, which the hop then updates) or any n hops with the
+        predictions ``given`` [B, n, 2, Fp] (``with_predictions``: the predictor's states are
+        returned unchanged). ``fast``: the predictor's update in complex arithmetic (not traceable)."""
         # Under a caller's bfloat16 autocast (training, optim.precision) only the layers between these two
         # float32 blocks (input projection, LSTM, mask and prediction layers) run in bf16: with its 8-bit
         # mantissa the DFT, the mask's product and the overlap-add would each add error near -50 dB, about
@@ -405,10 +413,14 @@ class MaskLSTM(nn.Module):
             spec = frames @ self.dft_forward  # [B, n, 2F]
             f = self.cfg.bins
             re, im = spec[..., :f], spec[..., f:]
+            regressor = None
             if self.cfg.rls_taps:
                 # The network sees, and its mask applies to, the residual of the late-reverb prediction.
-                x_re, x_im, regressor = re, im, self._regressor(named["pred_hist"])
-                re, im = self._residual(re, im, predictor_torch.predict(named["rls_g"], regressor))
+                x_re, x_im = re, im
+                if given is None:
+                    regressor = self._regressor(named["pred_hist"])
+                    given = predictor_torch.predict(named["rls_g"], regressor).unsqueeze(1)
+                re, im = self._residual(re, im, given)
             power = re * re + im * im + self.cfg.log_floor
             feat = torch.log(power) * self.feat_scale + self.feat_bias
             # |X|^0.3 with X's phase: a level-compressed view of the phase for the complex mask.
@@ -449,8 +461,13 @@ class MaskLSTM(nn.Module):
             mag = torch.sqrt(zr * zr + zi * zi + 1e-12)
             gain = torch.tanh(mag) / mag  # |mask| = tanh|z| < 1, the phase of z kept
             mr, mi = zr * gain, zi * gain
-            if self.cfg.rls_taps:
-                out_re, out_im, rls_states = self._rls_output(x_re, x_im, re, im, mr, mi, passed, named, regressor)
+            if self.cfg.rls_taps and regressor is None:  # predictions given: E (passing X where the gate does)
+                out_re, out_im = mr * re - mi * im, mr * im + mi * re
+                if passed is not None:
+                    out_re, out_im = out_re + passed * (x_re - out_re), out_im + passed * (x_im - out_im)
+                extra = extra + tuple(named[k] for k in RLS_STATES)
+            elif self.cfg.rls_taps:
+                out_re, out_im, rls_states = self._rls_output(x_re, x_im, re, im, mr, mi, passed, named, regressor, fast)
                 extra = extra + rls_states
             elif passed is not None:
                 mr, mi = mr + passed * (1.0 - mr), mi - passed * mi  # still |mask| <= 1: a blend of two such masks
@@ -485,13 +502,37 @@ class MaskLSTM(nn.Module):
         return torch.stack([x[..., :fp], x[..., fp:]], dim=1).transpose(-1, -2)
 
     def _residual(self, re: Tensor, im: Tensor, pred: Tensor) -> tuple[Tensor, Tensor]:
-        """X minus the prediction ``pred`` [B, 2, Fp] in the predicted bins: re, im [B, 1, F]."""
+        """X minus the prediction ``pred`` [B, n, 2, Fp] in the predicted bins: re, im [B, n, F]."""
         fp = self.cfg.rls_bins
         zero = torch.zeros_like(re[..., fp:])
-        return re - torch.cat([pred[:, 0, None], zero], dim=2), im - torch.cat([pred[:, 1, None], zero], dim=2)
+        return re - torch.cat([pred[:, :, 0], zero], dim=2), im - torch.cat([pred[:, :, 1], zero], dim=2)
+
+    @torch.no_grad()
+    def predictions(self, audio: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Stream ``audio`` [B, n * hop] hop by hop from ``state`` and return the predictor's
+        prediction of every frame, [B, n, 2, Fp] (what the step subtracts from X), and the final state.
+        No gradient: the predictor's update is not trained through (``_rls_output``)."""
+        hop, names = self.cfg.hop, self.state_names
+        states, preds = tuple(state[k] for k in names), []
+        for i in range(audio.shape[1] // hop):
+            named = dict(zip(names, states))
+            preds.append(predictor_torch.predict(named["rls_g"], self._regressor(named["pred_hist"])))
+            states = self._forward(audio[:, i * hop:(i + 1) * hop], states, fast=True)[1:1 + len(names)]
+        return torch.stack(preds, dim=1), dict(zip(names, states))
+
+    def with_predictions(self, audio: Tensor, state: dict[str, Tensor], given: Tensor) -> StepOutput:
+        """The step's output on ``audio`` [B, n * hop] from ``state`` when the predictor's predictions
+        are ``given`` [B, n, 2, Fp] (from ``predictions`` with the same weights: then the output is the
+        streaming step's, computed over all n frames at once, the LSTM as one sequence). Training uses
+        it: the network's gradient through n frames without a Python loop over hops. The predictor's
+        states come back unchanged."""
+        out = self._forward(audio, tuple(state[k] for k in self.state_names), given)
+        k = len(self.state_names)
+        gate = out[1 + k:] if self.cfg.music_gate else (None, None)
+        return StepOutput(out[0], dict(zip(self.state_names, out[1:1 + k])), *gate)
 
     def _rls_output(self, x_re: Tensor, x_im: Tensor, r_re: Tensor, r_im: Tensor, mr: Tensor, mi: Tensor,
-                    passed: Tensor | None, named: dict[str, Tensor], regressor: Tensor
+                    passed: Tensor | None, named: dict[str, Tensor], regressor: Tensor, fast: bool = False
                     ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
         """The output frame and the predictor's new states, for one frame: X, R [B, 1, F], the
         network's mask [B, 1, F], the music gate's pass-through share [B, 1, 1] (or None).
@@ -517,7 +558,8 @@ class MaskLSTM(nn.Module):
             if passed is not None:
                 t_re, t_im = t_re - passed * (mr * pr_re - mi * pr_im), t_im - passed * (mr * pr_im + mi * pr_re)
         target = torch.stack([(x_re - t_re)[:, 0, :fp], (x_im - t_im)[:, 0, :fp]], dim=1).detach()  # [B, 2, Fp]
-        g, p, level, weight = predictor_torch.update(named["rls_g"], named["rls_p"], named["rls_level"],
+        update = predictor_torch.update_complex if fast else predictor_torch.update
+        g, p, level, weight = update(named["rls_g"], named["rls_p"], named["rls_level"],
                                                      named["rls_weight"], regressor, target, cfg.predictor_config())
         frame = torch.cat([x_re[..., :fp], x_im[..., :fp]], dim=2)  # [B, 1, 2Fp]
         hist = torch.cat([named["pred_hist"], frame], dim=1)[:, 1:]

@@ -126,3 +126,60 @@ def update(g: Tensor, p: Tensor, level: Tensor, weight: Tensor, x: Tensor, d: Te
     p_out = torch.where(keep[..., None, :, None, None], p, torch.where(bad_p[..., None, :, None, None], start, p_new))
     g_out = torch.where(keep[..., None, :, None], g, g_new)
     return g_out, p_out, new_level, new_weight
+
+
+def update_complex(g: Tensor, p: Tensor, level: Tensor, weight: Tensor, x: Tensor, d: Tensor,
+                   cfg: PredictorConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``update`` on the same real-valued states and arguments, computed in complex arithmetic: a
+    handful of complex kernels (one batched matrix-vector product for P x) instead of dozens of real
+    ones, for the training loop's gradient-free pass over every hop (``MaskLSTM.predictions``). Not
+    traceable to ONNX (complex tensors); ``update`` is what the exported step runs, and the two agree
+    to float32 rounding (tests/training/test_predictor_torch.py)."""
+    k = x.shape[-1]
+    lam = cfg.lam
+    gc, xc = torch.complex(g[..., 0, :, :], g[..., 1, :, :]), torch.complex(x[..., 0, :, :], x[..., 1, :, :])
+    pc = torch.complex(p[..., 0, :, :, :], p[..., 1, :, :, :])
+    dc = torch.complex(d[..., 0, :], d[..., 1, :])
+    energy = (x * x).sum((-3, -1)) / k
+    active = energy > cfg.floor
+    fresh = active & (weight <= 0)
+    settling = active & (weight < 1 - lam ** cfg.settle) if cfg.settle > 0 else None
+    if cfg.clip > 0:
+        unclipped = fresh if settling is None else fresh | settling
+        capped = torch.where(unclipped, energy, torch.minimum(energy, cfg.clip * level))
+    else:
+        capped = energy
+    scale = torch.sqrt(capped / torch.clamp(energy, min=TINY))
+    xc, dc = xc * scale[..., None], dc * scale
+    w_new = lam * weight + (1 - lam)
+    new_level = torch.where(fresh, energy, (lam * weight * level + (1 - lam) * capped) / torch.clamp(w_new, min=TINY))
+    new_level = torch.where(active, new_level, level)
+    new_weight = torch.where(active, w_new, weight)
+    eye = torch.eye(k, dtype=pc.dtype, device=pc.device)
+    start = eye / (cfg.delta * torch.clamp(new_level, min=TINY))[..., None, None]  # [..., F, K, K]
+    pc = torch.where(fresh[..., None, None], start, pc)
+    px = (pc @ xc[..., None])[..., 0]  # P x
+    q = (xc.conj() * px).sum(-1).real
+    denom = lam + q
+    err = dc - (gc.conj() * xc).sum(-1)
+    gain = px / denom[..., None]  # the RLS gain vector k
+    g_new = gc + gain * err.conj()[..., None]
+    p_new = (pc - gain[..., :, None] * px.conj()[..., None, :]) * (1.0 / lam)
+    diag = torch.diagonal(p_new, dim1=-2, dim2=-1).real
+    tr = diag.sum(-1)
+    t_max = k / (cfg.delta * torch.clamp(new_level, min=TINY))
+    over = torch.isfinite(tr) & (tr > t_max)
+    shrink = torch.where(over, t_max / torch.where(over, tr, torch.ones_like(tr)), torch.ones_like(tr))
+    p_new = p_new * shrink[..., None, None]
+    diag = diag * shrink[..., None]
+    bad_p = (~torch.isfinite(tr) | (diag <= 0).any(-1) | ~(q >= 0) | ~torch.isfinite(torch.view_as_real(p_new).sum((-1, -2, -3))))
+    bad_g = ~torch.isfinite(torch.view_as_real(g_new).sum((-1, -2)))
+    g_new = torch.where(bad_g[..., None], torch.zeros_like(g_new), g_new)
+    if settling is not None:
+        bad_p = bad_p | settling
+        g_new = torch.where(settling[..., None], gc, g_new)
+    keep = ~active
+    p_out = torch.where(keep[..., None, None], pc, torch.where(bad_p[..., None, None], start, p_new))
+    g_out = torch.where(keep[..., None], gc, g_new)
+    return (torch.stack([g_out.real, g_out.imag], dim=-3), torch.stack([p_out.real, p_out.imag], dim=-4),
+            new_level, new_weight)

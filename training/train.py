@@ -135,8 +135,16 @@ def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig, start: dict[str
     target = loss_reference(batch, cfg)
     lat = model.cfg.step_latency
     st = start if start is not None else model.initial_state(mix.shape[0])
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        res = model.step(mix, st)
+    if model.cfg.rls_taps:
+        # The predictor in the loop: its predictions streamed hop by hop with the current weights (no
+        # gradient: its update is not trained through), then the network over the whole segment with
+        # those predictions, which is the streaming step's output computed as one sequence.
+        pred, _ = model.predictions(mix, st)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            res = model.with_predictions(mix, st, pred)
+    else:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            res = model.step(mix, st)
     out = res.audio[:, lat:]
     ref = target[:, : target.shape[1] - lat]
     cap = loss_ceiling_db(mix[:, : target.shape[1] - lat], ref, cfg)
@@ -282,6 +290,13 @@ def train(cfg: TrainConfig) -> Path:
         print(f"resumed from {last} at epoch {start_epoch}", file=sys.stderr)
     print(f"model: {count_parameters(model):,} parameters; {steps_per_epoch} steps/epoch", file=sys.stderr)
     t_start = time.monotonic() - elapsed
+    if start_epoch == 0 and cfg.optim.init_from and not history:
+        # A fine-tuning run's curve starts where its checkpoint stands on this run's validation set
+        # (for a grown model, the checkpoint's weights in it): epoch -1.
+        record = {"epoch": -1, **validate(model, val_loader, cfg), "elapsed_s": 0.0}
+        history.append(record)
+        print(json.dumps(record), file=sys.stderr)
+        t_start = time.monotonic()
     for epoch in range(start_epoch, cfg.optim.stop_epoch):
         train_ds.set_epoch(epoch)
         model.train()

@@ -93,3 +93,25 @@ def test_batch_axes_are_independent():
     for k in one:
         assert torch.equal(one[k][0], two[k][0])
         assert not two[k][1].any()  # a silent channel stays at the start
+
+
+@pytest.mark.parametrize("clip,settle", [(10.0, 32), (10.0, 0)])
+def test_complex_update_is_the_real_one(clip, settle):
+    """update_complex (the training loop's fast pass) follows update (the exported step) hop for hop
+    through silence, a burst and a bad sign, with two batch channels."""
+    cfg = ref.PredictorConfig(taps=4, clip=clip, settle=settle)
+    x, late = _stream(300, 6, seed=4)
+    regs = ref.regressors(x, cfg)
+    a = tp.init_state(2, 6, 4)
+    a["P"][1, :, 2] = torch.eye(4) * -1.0  # a bad sign in one bin of one channel
+    a["weight"][1, 2], a["level"][1, 2] = 0.5, 1e-4
+    b = {k: v.clone() for k, v in a.items()}
+    for t in range(300):
+        xs, ds = _split(regs[t], 0)[None], _split(late[t], 0)[None]
+        xs, ds = torch.cat([xs, 0.5 * xs]), torch.cat([ds, 0.5 * ds])
+        a = dict(zip(a, tp.update(*a.values(), xs, ds, cfg)))
+        b = dict(zip(b, tp.update_complex(*b.values(), xs, ds, cfg)))
+        for k in a:
+            scale = float(a[k].abs().max()) + 1e-30
+            assert float((a[k] - b[k]).abs().max()) <= 1e-4 * scale, (t, k)
+    assert float(a["g"].abs().max()) > 0.1  # the filter learned something: the comparison covers updates

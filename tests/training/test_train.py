@@ -401,3 +401,35 @@ def test_a_gated_checkpoint_continues_as_its_network_without_the_head():
     assert all(torch.equal(v, sd[k]) for k, v in plain.state_dict().items())
     # A gated model keeps the head it is given (training.gate drops it itself, to train a new one).
     assert continued_weights(sd, gated.cfg) is sd
+
+
+@pytest.mark.parametrize("gate", [False, True])
+def test_training_with_given_predictions_is_the_streaming_step(gate):
+    """The predictor-in-the-loop training path: the predictions streamed hop by hop, then the network
+    over the whole segment with them, gives the streaming step's output and LSTM state (so what the
+    loss scores is what the exported step plays), and gradients reach the network."""
+    base = _far_from_pass_through()
+    cfg = dataclasses.replace(base.cfg, rls_taps=4, rls_settle=4, rls_f_max=2000.0)
+    model = MaskLSTM(cfg).eval()
+    init_weights(model, base.state_dict())
+    if gate:
+        model = _with_gate(model)
+    torch.manual_seed(1)
+    # Noise through a decaying comb: a late part the filter can predict, so the predictions move.
+    x = torch.randn(2, 256 * 60) * 0.1
+    for lag, g in ((700, 0.6), (1900, 0.4)):
+        x[:, lag:] += g * x[:, :-lag].clone()
+    start = model.initial_state(2)
+    pred, final = model.predictions(x, start)
+    assert pred.shape == (2, 60, 2, cfg.rls_bins) and float(pred.abs().max()) > 1e-3
+    streamed = model.step(x, start)
+    forced = model.with_predictions(x, start, pred)
+    scale = float(streamed.audio.abs().max())
+    assert float((forced.audio - streamed.audio).abs().max()) < 1e-5 * scale
+    for k in ("lstm_h", "lstm_c"):
+        assert torch.allclose(forced.state[k], streamed.state[k], atol=1e-5)
+        assert torch.allclose(final[k], streamed.state[k], atol=1e-6)
+    model.train()
+    model.with_predictions(x, start, pred).audio.square().mean().backward()
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for n, p in model.named_parameters()
+               if not n.startswith("music_gate"))
