@@ -44,13 +44,14 @@ DEBIAN_PACKAGES: dict[str, Callable[[], bool]] = {
     "espeak-ng": _program("espeak-ng"),
     "fluidsynth": _program("fluidsynth"),
     "fluid-soundfont-gm": _path("/usr/share/sounds/sf2/FluidR3_GM.sf2"),
+    "timgm6mb-soundfont": _path("/usr/share/sounds/sf2/TimGM6mb.sf2"),
     "jackd2": _program("jackd"),
     "libportaudio2": lambda: ctypes.util.find_library("portaudio") is not None,
     "chromium": _program("chromium"),
 }
 # The TTS voices and the music renderer the corpus builder runs.
 CORPUS_PACKAGES = ("festival", "festvox-kallpc16k", "festvox-kdlpc16k", "festvox-us-slt-hts", "flite", "espeak-ng",
-                   "fluidsynth", "fluid-soundfont-gm")
+                   "fluidsynth", "fluid-soundfont-gm", "timgm6mb-soundfont")
 
 
 def in_ci() -> bool:

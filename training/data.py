@@ -41,7 +41,10 @@ SAMPLE_RATE = 16000
 SPLITS = ("train", "val", "test")
 SENTENCES_PATH = Path(__file__).with_name("sentences.txt")
 SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
-DEBIAN_PACKAGES = ("festival", "flite", "espeak-ng", "fluidsynth", "fluid-soundfont-gm",
+# The test split's music comes from a soundfont no training clip uses (Debian timgm6mb-soundfont), so
+# the test set scores instruments the model has not heard, not FluidR3's samples.
+HELD_OUT_SOUNDFONT = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")
+DEBIAN_PACKAGES = ("festival", "flite", "espeak-ng", "fluidsynth", "fluid-soundfont-gm", "timgm6mb-soundfont",
                    "festvox-kallpc16k", "festvox-kdlpc16k", "festvox-us-slt-hts")
 
 
@@ -64,6 +67,13 @@ class CorpusConfig:
     speed_range: tuple[float, float] = (0.92, 1.08)
     # Rough speaking rate used to pick how much text to synthesise for a target length.
     chars_per_second: float = 14.0
+    # Soundfonts that render the music: train and val clips use the first, test clips the second.
+    soundfont: str = str(SOUNDFONT)
+    test_soundfont: str = str(HELD_OUT_SOUNDFONT)
+
+    def soundfont_for(self, split: str) -> Path:
+        """The soundfont that renders ``split``'s music."""
+        return Path(self.test_soundfont if split == "test" else self.soundfont)
 
 
 @dataclass(frozen=True)
@@ -475,7 +485,7 @@ def render_music(plan: ClipPlan, cfg: CorpusConfig, rng: np.random.Generator,
     with open(mid, "wb") as f:
         f.write(data)
     _run(["fluidsynth", "-ni", "-q", "-R", "0", "-C", "0", "-g", "0.6", "-r", str(cfg.sample_rate),
-          "-F", wav, str(SOUNDFONT), mid], workdir)
+          "-F", wav, str(cfg.soundfont_for(plan.split)), mid], workdir)
     x, sr = _read_mono(wav)
     if sr != cfg.sample_rate:
         x = soxr.resample(x, sr, cfg.sample_rate, quality="HQ").astype(np.float32)
@@ -521,7 +531,7 @@ def build_clip(plan: ClipPlan, cfg: CorpusConfig = CorpusConfig(),
             source, voice = plan.voice.source, plan.voice.name  # type: ignore[union-attr]
         else:
             x, meta = render_music(plan, cfg, rng, wd)
-            source, voice = "fluidsynth", "FluidR3_GM"
+            source, voice = "fluidsynth", cfg.soundfont_for(plan.split).stem
     x = trim_and_pad(x, cfg.sample_rate, rng, cfg.edge_silence)
     x = normalize_level(x, cfg.sample_rate, cfg.target_dbfs)
     cid = f"{plan.index:06d}_{source}_{_slug(voice)}"
@@ -555,15 +565,15 @@ def _worker(args: tuple[ClipPlan, CorpusConfig]) -> dict:
     return build_clip(plan, cfg)
 
 
-def check_tools(need_music: bool = True) -> None:
+def check_tools(need_music: bool = True, cfg: CorpusConfig = CorpusConfig()) -> None:
     """Fail early with a clear message if an engine is missing."""
     tools = ["text2wave", "flite", "espeak-ng"] + (["fluidsynth"] if need_music else [])
     missing = [t for t in tools if shutil.which(t) is None]
-    if need_music and not SOUNDFONT.exists():
-        missing.append(str(SOUNDFONT))
+    if need_music:
+        missing += [font for font in dict.fromkeys((cfg.soundfont, cfg.test_soundfont)) if not Path(font).exists()]
     if missing:
-        raise SystemExit(f"missing: {missing} (apt-get install festival festvox-kallpc16k "
-                         "festvox-kdlpc16k festvox-us-slt-hts flite espeak-ng fluidsynth fluid-soundfont-gm)")
+        raise SystemExit(f"missing: {missing} (apt-get install festival festvox-kallpc16k festvox-kdlpc16k "
+                         "festvox-us-slt-hts flite espeak-ng fluidsynth fluid-soundfont-gm timgm6mb-soundfont)")
 
 
 def build_corpus(out: str, hours: float, seed: int, jobs: int = 2,
@@ -571,7 +581,7 @@ def build_corpus(out: str, hours: float, seed: int, jobs: int = 2,
     """Build the whole corpus into ``out``; returns the manifest records (index order)."""
     from tqdm import tqdm
 
-    check_tools()
+    check_tools(cfg=cfg)
     out_p = Path(out)
     out_p.mkdir(parents=True, exist_ok=True)
     plans = plan_corpus(hours, seed, str(out_p), cfg, voice_bank())

@@ -119,3 +119,22 @@ def test_trim_and_level() -> None:
     assert 1.2 * fs <= len(y) <= 1.62 * fs
     z = D.normalize_level(y, fs, -26.0)
     assert D.active_level_db(z, fs) == pytest.approx(-26.0, abs=0.3)
+
+
+@needs_tools
+def test_test_music_comes_from_a_soundfont_training_never_uses(tmp_path: Path) -> None:
+    """The same composition rendered for train and for test: the test clip's instruments are the
+    held-out soundfont's (other samples, so other audio) and its manifest record names that font."""
+    cfg = D.CorpusConfig()
+    assert cfg.soundfont_for("train") == cfg.soundfont_for("val") != cfg.soundfont_for("test")
+    recs, audio = {}, {}
+    for split in ("train", "test"):
+        plan = D.ClipPlan(5, 3, split, "music", None, 4.0, str(tmp_path / split))
+        recs[split] = D.build_clip(plan, cfg)
+        audio[split], _ = sf.read(tmp_path / split / recs[split]["path"], dtype="float32")
+    assert recs["train"]["voice"] == "FluidR3_GM" and recs["test"]["voice"] == "TimGM6mb"
+    assert recs["train"]["midi"] == recs["test"]["midi"]  # one composition, two renderings
+    n = min(audio["train"].size, audio["test"].size)
+    a, b = audio["train"][:n], audio["test"][:n]
+    assert np.sqrt(np.mean(b**2)) > 1e-3
+    assert abs(float(np.corrcoef(a, b)[0, 1])) < 0.9
