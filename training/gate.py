@@ -63,7 +63,7 @@ def gate_step(model: MaskLSTM, batch: dict, start: dict[str, torch.Tensor],
               lead_label: float) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Run ``batch`` from ``start``; returns (cross-entropy against ``frame_labels``, music logits [B, n],
     final recurrent states)."""
-    res = model.step(batch["mixture"], start)
+    res = model.train_step(batch["mixture"], start)
     logit = res.music_logit
     loss = F.binary_cross_entropy_with_logits(logit, frame_labels(batch, logit.shape[1], model.cfg.hop, lead_label))
     return loss, logit.detach(), {k: v.detach() for k, v in res.state.items() if k in RECURRENT}

@@ -507,6 +507,15 @@ class MaskLSTM(nn.Module):
         zero = torch.zeros_like(re[..., fp:])
         return re - torch.cat([pred[:, :, 0], zero], dim=2), im - torch.cat([pred[:, :, 1], zero], dim=2)
 
+    def train_step(self, audio: Tensor, state: dict[str, Tensor], bf16: bool = False) -> StepOutput:
+        """The streaming step as training runs it on a segment ``audio`` [B, n * hop] from ``state``:
+        ``step``, or with the predictor its predictions streamed first (float32, no gradient) and the
+        network then run over the segment on them (``with_predictions``). ``bf16``: the network under
+        CPU bfloat16 autocast (see ``forward``)."""
+        given = self.predictions(audio, state)[0] if self.cfg.rls_taps else None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return self.step(audio, state) if given is None else self.with_predictions(audio, state, given)
+
     @torch.no_grad()
     def predictions(self, audio: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Stream ``audio`` [B, n * hop] hop by hop from ``state`` and return the predictor's

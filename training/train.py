@@ -135,16 +135,10 @@ def compute_loss(model: MaskLSTM, batch: dict, cfg: TrainConfig, start: dict[str
     target = loss_reference(batch, cfg)
     lat = model.cfg.step_latency
     st = start if start is not None else model.initial_state(mix.shape[0])
-    if model.cfg.rls_taps:
-        # The predictor in the loop: its predictions streamed hop by hop with the current weights (no
-        # gradient: its update is not trained through), then the network over the whole segment with
-        # those predictions, which is the streaming step's output computed as one sequence.
-        pred, _ = model.predictions(mix, st)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            res = model.with_predictions(mix, st, pred)
-    else:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            res = model.step(mix, st)
+    # With the predictor in the loop: its predictions streamed hop by hop with the current weights (no
+    # gradient: its update is not trained through), then the network over the whole segment on them,
+    # which is the streaming step's output computed as one sequence.
+    res = model.train_step(mix, st, bf16=bf16)
     out = res.audio[:, lat:]
     ref = target[:, : target.shape[1] - lat]
     cap = loss_ceiling_db(mix[:, : target.shape[1] - lat], ref, cfg)

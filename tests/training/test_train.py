@@ -429,6 +429,7 @@ def test_training_with_given_predictions_is_the_streaming_step(gate):
     for k in ("lstm_h", "lstm_c"):
         assert torch.allclose(forced.state[k], streamed.state[k], atol=1e-5)
         assert torch.allclose(final[k], streamed.state[k], atol=1e-6)
+    assert torch.equal(model.train_step(x, start).audio, forced.audio)  # what training and the gate's run use
     model.train()
     model.with_predictions(x, start, pred).audio.square().mean().backward()
     assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for n, p in model.named_parameters()
