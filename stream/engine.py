@@ -203,19 +203,20 @@ class HighBand(Bypass):
     at the model's rate, moving linearly between hop values, so it reaches the stream's rate through
     the output resampler in step with the band it scales, whatever the rates, and cannot click.
 
-    State, updated in place: the delay line [channels, step_latency], the high-pass histories of the
-    delayed input and of the output [channels, taps - 1], the smoothed band powers ``power``
-    [2, channels] (input, output; float64) and the gain at the end of the last hop ``gain`` [channels, 1].
+    State, updated in place: the delay line [channels, step_latency], the high-pass history of the
+    delayed input and of the output [2 * channels, taps - 1], the smoothed band powers ``power``
+    [2, channels] (input, output; float64), the top band's gain ``level`` [channels] (float64) and the
+    gain at the end of the last hop, with the share, ``gain`` [channels, 1].
     """
 
     def __init__(self, plan: Plan) -> None:
         c = plan.channels
         self.rows, self.out_rows = c, 2 * c
         self.line = Fifo(c, prefill=plan.model.step_latency)
-        taps = _top_band_filter(plan.model.sample_rate)
-        self.hist_in = Fifo(c, prefill=taps.size - 1)
-        self.hist_out = Fifo(c, prefill=taps.size - 1)
+        # the delayed input's rows, then the output's
+        self.hist = Fifo(2 * c, prefill=_top_band_filter(plan.model.sample_rate).size - 1)
         self.power = np.zeros((2, c), np.float64)
+        self.level = np.ones(c, np.float64)  # the top band's gain, before the pass-through share
         self.gain = np.ones((c, 1), np.float32)
 
     def take(self, x: np.ndarray, main: np.ndarray, out: np.ndarray) -> None:
@@ -226,44 +227,39 @@ class HighBand(Bypass):
              scratch: Scratch) -> None:
         """Emit the delayed input (the low reference) and the gain signal [2 * channels, k * hop]; ``y`` stays."""
         c, length = signal.shape
-        hop = plan.model.hop
+        hop, rate = plan.model.hop, plan.model.sample_rate
         k = length // hop
         self.line.append(signal)
         delayed = self.line.head(length)
         np.copyto(emit[:c], delayed)
-        band = scratch("hb_band", (2, c, k), np.float64)
-        taps = _top_band_filter(plan.model.sample_rate)
-        for i, (hist, sig) in enumerate(((self.hist_in, delayed), (self.hist_out, y))):
-            hist.append(sig)
-            _band_power(hist.head(length + taps.size - 1), taps, hop, band[i], scratch)
-            hist.drop(length)
+        both = self.hist.tail(length)
+        np.copyto(both[:c], delayed)
+        np.copyto(both[c:], y)
+        self.hist.commit(length)
+        taps = _top_band_filter(rate)
+        band = scratch("hb_band", (2 * c, k), np.float64)
+        _band_power(self.hist.head(length + taps.size - 1), taps, hop, band, scratch)
+        self.hist.drop(length)
         self.line.drop(length)
-        share = _valid_share(share, plan, length, scratch)
+        # The recursion over hops runs on Python floats (float64, as the arrays): for the one to a few hops of a
+        # call, a dozen array operations per hop would cost more than the filtering above.
+        energy, shares = band.tolist(), _valid_share(share, plan, length, scratch).tolist()
+        power, level = self.power.tolist(), self.level.tolist()
+        a = 1.0 - math.exp(-hop / (rate * HIGH_SMOOTH_S))
+        floor = 1e-10 * hop  # a band power (per hop) below -100 dB per sample says nothing about the gain
         gains = scratch("hb_gains", (c, k + 1))
         gains[:, 0] = self.gain[:, 0]
-        a = scratch.scalar("hb_a", 1.0 - math.exp(-hop / (plan.model.sample_rate * HIGH_SMOOTH_S)), np.float64)
-        floor = scratch.scalar("hb_floor", 1e-10 * hop, np.float64)
-        step = scratch("hb_step", (2, c), np.float64)
-        ratio = scratch("hb_ratio", (c,), np.float64)
-        quiet = scratch("hb_quiet", (c,), np.bool_)
-        zero, one = scratch.scalar("zero64", 0.0, np.float64), scratch.scalar("one64", 1.0, np.float64)
-        for j in range(k):  # per hop (a few dozen per call at most), not per sample
-            np.subtract(band[:, :, j], self.power, out=step)
-            np.multiply(step, a, out=step)
-            np.add(self.power, step, out=self.power)
-            np.maximum(self.power[0], floor, out=ratio)
-            np.divide(self.power[1], ratio, out=ratio)
-            np.sqrt(ratio, out=ratio)
-            np.clip(ratio, zero, one, out=ratio)
-            # A band that is (nearly) silent at the input says nothing about the gain: keep the last one.
-            np.less(self.power[0], floor, out=quiet)
-            np.copyto(ratio, gains[:, j], where=quiet)
-            # share + (1 - share) * gain: 1 where the model passes its input through
-            np.subtract(one, ratio, out=step[0])
-            np.copyto(step[1], share[:, j])  # in float64 first: a mixed-type product would allocate
-            np.multiply(step[0], step[1], out=step[0])
-            np.add(ratio, step[0], out=step[0])
-            np.copyto(gains[:, j + 1], step[0], casting="same_kind")
+        for ch in range(c):
+            p_in, p_out, g = power[0][ch], power[1][ch], level[ch]
+            e_in, e_out, s_row = energy[ch], energy[c + ch], shares[ch]
+            for j in range(k):
+                p_in += a * (e_in[j] - p_in)
+                p_out += a * (e_out[j] - p_out)
+                if p_in >= floor:  # else keep the last gain
+                    g = min(1.0, math.sqrt(p_out / p_in))
+                # 1 where the model passes its input through
+                gains[ch, j + 1] = s_row[j] + (1.0 - s_row[j]) * g
+            self.power[0, ch], self.power[1, ch], self.level[ch] = p_in, p_out, g
         prev, new = gains[:, :-1, None], gains[:, 1:, None]
         ramp = emit[c:].reshape(c, k, hop)
         np.subtract(new, prev, out=ramp)
@@ -281,8 +277,8 @@ class HighBand(Bypass):
 
     def copy(self, plan: Plan) -> HighBand:
         new = HighBand(plan)
-        new.line, new.hist_in, new.hist_out = self.line.copy(), self.hist_in.copy(), self.hist_out.copy()
-        new.power, new.gain = self.power.copy(), self.gain.copy()
+        new.line, new.hist = self.line.copy(), self.hist.copy()
+        new.power, new.level, new.gain = self.power.copy(), self.level.copy(), self.gain.copy()
         return new
 
 
