@@ -100,13 +100,15 @@ class Plan:
 class Bypass:
     """A path around the model: the engine's one mechanism for the parts of the input the model does not see.
 
-    A path takes ``rows`` rows off the block at the stream's rate (``take``); they ride with the model's
-    input through the input resampler and the hop buffer, so they reach the model's rate in step with
-    it. There ``join`` delays them by the step's latency, so they line up with the step's output, and
-    may add to that output and emit ``out_rows`` rows of its own; those ride with the model's output
-    through the output resampler and the output queue, so they come back to the stream's rate in step
-    with it, where ``finish`` combines them with the output and the input delayed by ``plan.latency``
-    (the dry line), before the wet/dry mix. Each stage is exact for any block split, so a path is too.
+    A path sees each block at the stream's rate with the model path's input (``take``) and may take
+    ``rows`` rows off it; they ride with the model's input through the input resampler and the hop
+    buffer, so they reach the model's rate in step with it. There ``join`` sees them with the step's
+    input and output, delays them by the step's latency, so they line up with the output, may change
+    that output, and may emit ``out_rows`` rows of its own; those ride with the model's output through
+    the output resampler and the output queue, so they come back to the stream's rate in step with it,
+    where ``finish`` combines them with the output and the input delayed by ``plan.latency`` (the dry
+    line, or what the path delays alike itself), before the wet/dry mix. Each stage is exact for any
+    block split, so a path is too.
 
     Its state (delay lines, filter histories, gains) is its own, in place; ``copy`` gives an independent one.
     """
@@ -118,11 +120,11 @@ class Bypass:
         """The path's rows ``out`` [rows, n] from the block ``x`` and the model path's input ``main`` (both
         [channels, n], the stream's rate)."""
 
-    def join(self, signal: np.ndarray, share: np.ndarray | None, y: np.ndarray, emit: np.ndarray, plan: Plan,
-             scratch: Scratch) -> None:
-        """At the model's rate: the path's rows ``signal`` [rows, k * hop], the model output ``y`` [channels,
-        k * hop] (changed in place), its pass-through ``share`` [channels, k] (None: the model gave none);
-        writes the path's ``emit`` [out_rows, k * hop]."""
+    def join(self, signal: np.ndarray, model_in: np.ndarray, share: np.ndarray | None, y: np.ndarray,
+             emit: np.ndarray, plan: Plan, scratch: Scratch) -> None:
+        """At the model's rate: the path's rows ``signal`` [rows, k * hop], the model's input ``model_in`` and
+        output ``y`` [channels, k * hop] (``y`` changed in place), its pass-through ``share`` [channels, k]
+        (None: the model gave none); writes the path's ``emit`` [out_rows, k * hop]."""
 
     def finish(self, out: np.ndarray, dry: np.ndarray, back: np.ndarray, scratch: Scratch) -> None:
         """At the stream's rate: the output ``out`` [channels, n] (changed in place), the dry line ``dry``
@@ -163,8 +165,8 @@ class ShareBypass(Bypass):
         """What the DC blocker removed: ``x - main``."""
         np.subtract(x, main, out=out)
 
-    def join(self, signal: np.ndarray, share: np.ndarray | None, y: np.ndarray, emit: np.ndarray, plan: Plan,
-             scratch: Scratch) -> None:
+    def join(self, signal: np.ndarray, model_in: np.ndarray, share: np.ndarray | None, y: np.ndarray,
+             emit: np.ndarray, plan: Plan, scratch: Scratch) -> None:
         """Delay ``signal`` by the step's latency and add it to ``y`` along the model's smoothed ``share``."""
         hop, length = plan.model.hop, signal.shape[1]
         self.line.append(signal)
@@ -184,14 +186,16 @@ class ShareBypass(Bypass):
 class HighBand(Bypass):
     """The band above the model's, at a stream rate above the model's rate, dereverberated with a gain per hop.
 
-    The band: the exact complement of what the model path can carry. ``take`` sends the whole input
-    (DC and all) through the input resampler; at the model's rate ``join`` delays it by the step's
-    latency, as the model delays its input, and emits it as the low reference, which the output
-    resampler brings back to the stream's rate alongside the model's output: it is what the model
-    path gives for a model at pass-through, ``up(delay(down(x)))``. ``finish`` takes the high band as
-    the dry line minus that reference, so a model at pass-through (and the DC path passing the DC
-    through) gives back the input itself, delayed: no notch or bump at the crossover, by construction,
-    and no latency beyond the engine's.
+    The band: the complement of what the model path carries, taken from the model path's own input (the
+    DC-blocked input; the DC blocker's complement has its own path). At the model's rate, ``join``
+    delays the model's input by the step's latency, as the model delays it, and subtracts it, times the
+    gain, from the model's output; at the stream's rate, ``finish`` adds the blocked input delayed by
+    ``plan.latency``, times the same gain resampled. With the gain at 1 the subtracted part is what the
+    model path gives for a model at pass-through, ``up(delay(down(main)))``, so a model at pass-through
+    gives back the blocked input itself, delayed: no notch or bump at the crossover, by construction,
+    and no latency beyond the engine's. With a gain g that moves, the path adds g times the high band
+    up to the commutator of g with the output resampler's low-pass, which the slow, ramped gain keeps
+    to the resampler's transition band.
 
     The gain: the model's own suppression in its top band (TOP_BAND_FROM of its Nyquist frequency and
     up: 5 to 8 kHz for a 16 kHz model), the square root of the ratio of its output's band power to its
@@ -203,15 +207,17 @@ class HighBand(Bypass):
     at the model's rate, moving linearly between hop values, so it reaches the stream's rate through
     the output resampler in step with the band it scales, whatever the rates, and cannot click.
 
-    State, updated in place: the delay line [channels, step_latency], the high-pass history of the
-    delayed input and of the output [2 * channels, taps - 1], the smoothed band powers ``power``
-    [2, channels] (input, output; float64), the top band's gain ``level`` [channels] (float64) and the
-    gain at the end of the last hop, with the share, ``gain`` [channels, 1].
+    State, updated in place: the blocked input at the stream's rate, delayed by ``plan.latency``
+    (``dry``), the model's input delayed by the step's latency [channels, step_latency], the
+    high-pass history of that and of the output [2 * channels, taps - 1], the smoothed band powers
+    ``power`` [2, channels] (input, output; float64), the top band's gain ``level`` [channels]
+    (float64) and the gain at the end of the last hop, with the share, ``gain`` [channels, 1].
     """
 
     def __init__(self, plan: Plan) -> None:
         c = plan.channels
-        self.rows, self.out_rows = c, 2 * c
+        self.rows, self.out_rows = 0, c
+        self.dry = Fifo(c, prefill=plan.latency)
         self.line = Fifo(c, prefill=plan.model.step_latency)
         # the delayed input's rows, then the output's
         self.hist = Fifo(2 * c, prefill=_top_band_filter(plan.model.sample_rate).size - 1)
@@ -220,18 +226,17 @@ class HighBand(Bypass):
         self.gain = np.ones((c, 1), np.float32)
 
     def take(self, x: np.ndarray, main: np.ndarray, out: np.ndarray) -> None:
-        """The whole input ``x``."""
-        np.copyto(out, x)
+        """No rows: the model's input is the path's signal at the model's rate; ``main`` is kept at the stream's."""
+        self.dry.append(main)
 
-    def join(self, signal: np.ndarray, share: np.ndarray | None, y: np.ndarray, emit: np.ndarray, plan: Plan,
-             scratch: Scratch) -> None:
-        """Emit the delayed input (the low reference) and the gain signal [2 * channels, k * hop]; ``y`` stays."""
-        c, length = signal.shape
+    def join(self, signal: np.ndarray, model_in: np.ndarray, share: np.ndarray | None, y: np.ndarray,
+             emit: np.ndarray, plan: Plan, scratch: Scratch) -> None:
+        """Emit the gain signal [channels, k * hop] and subtract the delayed ``model_in``, times it, from ``y``."""
+        c, length = model_in.shape
         hop, rate = plan.model.hop, plan.model.sample_rate
         k = length // hop
-        self.line.append(signal)
+        self.line.append(model_in)
         delayed = self.line.head(length)
-        np.copyto(emit[:c], delayed)
         both = self.hist.tail(length)
         np.copyto(both[:c], delayed)
         np.copyto(both[c:], y)
@@ -240,7 +245,6 @@ class HighBand(Bypass):
         band = scratch("hb_band", (2 * c, k), np.float64)
         _band_power(self.hist.head(length + taps.size - 1), taps, hop, band, scratch)
         self.hist.drop(length)
-        self.line.drop(length)
         # The recursion over hops runs on Python floats (float64, as the arrays): for the one to a few hops of a
         # call, a dozen array operations per hop would cost more than the filtering above.
         energy, shares = band.tolist(), _valid_share(share, plan, length, scratch).tolist()
@@ -261,23 +265,27 @@ class HighBand(Bypass):
                 gains[ch, j + 1] = s_row[j] + (1.0 - s_row[j]) * g
             self.power[0, ch], self.power[1, ch], self.level[ch] = p_in, p_out, g
         prev, new = gains[:, :-1, None], gains[:, 1:, None]
-        ramp = emit[c:].reshape(c, k, hop)
+        ramp = emit.reshape(c, k, hop)
         np.subtract(new, prev, out=ramp)
         np.multiply(ramp, _hop_line(hop), out=ramp)
         np.add(prev, ramp, out=ramp)
         self.gain[:, 0] = gains[:, -1]
+        low = scratch("hb_low", (c, length))
+        np.multiply(emit, delayed, out=low)
+        np.subtract(y, low, out=y)
+        self.line.drop(length)
 
     def finish(self, out: np.ndarray, dry: np.ndarray, back: np.ndarray, scratch: Scratch) -> None:
-        """Add the high band, ``dry`` minus the low reference, times the gain."""
+        """Add the blocked input, delayed, times the gain ``back`` [channels, n]."""
         c, n = out.shape
         high = scratch("hb_high", (c, n))
-        np.subtract(dry, back[:c], out=high)
-        np.multiply(high, back[c:], out=high)
+        np.multiply(self.dry.head(n), back, out=high)
         np.add(out, high, out=out)
+        self.dry.drop(n)
 
     def copy(self, plan: Plan) -> HighBand:
         new = HighBand(plan)
-        new.line, new.hist = self.line.copy(), self.hist.copy()
+        new.dry, new.line, new.hist = self.dry.copy(), self.line.copy(), self.hist.copy()
         new.power, new.level, new.gain = self.power.copy(), self.level.copy(), self.gain.copy()
         return new
 
@@ -599,8 +607,8 @@ def _model_path(plan: Plan, x: np.ndarray, state: EngineState) -> None:
         share = _run_model(plan, buf[:c, start : start + length], y, state)
         row, row_out = c, c
         for path in state.bypasses:
-            path.join(buf[row : row + path.rows, start : start + length], share, y,
-                      rows_out[row_out : row_out + path.out_rows], plan, scratch)
+            path.join(buf[row : row + path.rows, start : start + length], buf[:c, start : start + length], share,
+                      y, rows_out[row_out : row_out + path.out_rows], plan, scratch)
             row, row_out = row + path.rows, row_out + path.out_rows
         sink.commit(length)
     state.pending.drop(whole)
