@@ -553,9 +553,8 @@ def _step(plan: Plan, block: np.ndarray, state: EngineState, out: np.ndarray) ->
     dry = state.dry.head(n)
     row = c
     for path in state.bypasses:
-        if path.out_rows:
-            path.finish(out, dry, queued[row : row + path.out_rows], scratch)
-            row += path.out_rows
+        path.finish(out, dry, queued[row : row + path.out_rows], scratch)
+        row += path.out_rows
     state.queue.drop(n)
     if state.state_resets != resets:
         # The model restarted from rest: fall back to the (aligned) input and fade back into the model
