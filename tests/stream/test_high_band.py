@@ -126,3 +126,25 @@ def test_only_streams_above_the_model_rate_have_a_high_band(default_model, rate,
     kinds = [type(p) for p in initial_state(plan).bypasses]
     assert plan.high_band is expect and (HighBand in kinds) is expect
     assert kinds[0] is ShareBypass  # the DC blocker's complement, for the shipped model's pass_share
+
+
+@pytest.mark.parametrize("rate", [44100, 48000])
+def test_the_high_band_is_the_same_for_any_blocks(default_model, rate):
+    # Reverberant full-band stereo, so the high band's gain moves throughout (and differs per channel).
+    dry = fullband_speech(rate, seconds=3.0)
+    x, _ = synthetic_room(dry, rate)
+    x = np.stack([x, np.roll(x, 999) * np.float32(0.6)], axis=1)
+    d = Dereverberator(default_model, sample_rate=rate, channels=2)
+    whole = d.process(x)
+    rng = np.random.default_rng(rate)
+    for sizes in ([1000], list(rng.integers(1, 3000, size=64))):
+        d.reset()
+        outs, i, k, low = [], 0, 0, 1.0
+        while i < x.shape[0]:
+            n = int(sizes[k % len(sizes)])
+            outs.append(d.process(x[i : i + n]))
+            low = min(low, float(d.state.bypasses[1].gain.min()))
+            i, k = i + n, k + 1
+        assert low < 0.5  # the gain did move
+        err = float(np.abs(np.concatenate(outs) - whole).max())
+        assert err <= 1e-5, f"block sizes {sizes[:3]}...: max diff {err:.2e}"
