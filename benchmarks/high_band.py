@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     rate = 48000
     speech = fullband_speech(rate)
     reverberant, early = synthetic_room(speech, rate)
-    clips = {"speech (dry)": speech, "speech in a room (RT60 0.6 s)": reverberant, "music with hiss": music_with_hiss(rate)}
+    clips = {"speech (dry)": speech, "speech in a room (RT60 0.6 s)": reverberant,
+             "music with hiss": music_with_hiss(rate)}
     outputs: dict[str, dict[str, np.ndarray]] = {}
     for name, runner in (("without", band_limited), ("with", contextlib.nullcontext)):
         with runner():
