@@ -70,7 +70,6 @@ def test_a_model_at_pass_through_gives_back_the_input(passthrough, rate):
     assert np.abs(audible).max() <= 0.5  # measured: 0.005 dB without pass_share, 0.001 dB with it
     x = (np.random.default_rng(rate).standard_normal((rate, 2)) * 0.1).astype(np.float32)
     y = dereverb_array(x, rate, model=passthrough)
-    blocked, _ = dcblock.dc_block(x.T, dcblock.initial_state(2), dcblock.pole(rate))
     if passthrough.has_pass_share:
         # The DC blocker's complement is passed through too, but for its part above the model's band (the
         # removed part is a one-pole low-pass's output, fc / f of the input there: 2.5e-4 at 8 kHz), which
@@ -78,6 +77,7 @@ def test_a_model_at_pass_through_gives_back_the_input(passthrough, rate):
         assert np.abs(y - x).max() <= 3e-4
     else:
         # The output is the DC-blocked input.
+        blocked, _ = dcblock.dc_block(x.T, dcblock.initial_state(2), dcblock.pole(rate))
         assert np.abs(y - blocked.T).max() <= 1e-6
 
 
@@ -116,7 +116,7 @@ def test_music_through_the_gate_keeps_its_high_band(default_model):
     d = Dereverberator(default_model, sample_rate=rate)
     y = d.process(x)[d.latency_samples :]
     late = slice(rate, y.size)  # once the gate has opened
-    assert abs(energy_db(band(y[late], rate, *HIGH)) - energy_db(band(x[late], rate, *HIGH))) <= 0.2
+    assert abs(energy_db(band(y[late], rate, *HIGH)) - energy_db(band(x[late], rate, *HIGH))) <= 0.2  # measured: 0.001
     assert float(d.state.bypasses[1].gain.min()) == 1.0
 
 
