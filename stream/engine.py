@@ -6,11 +6,13 @@ stream runs is in ``state`` (``EngineState``), in buffers the step updates in pl
 stream allocates nothing; ``Dereverberator`` only holds a plan and a state.
 
 Inside, audio may be resampled to the model's rate, loses its DC offset (``stream.dcblock``), is
-gathered into whole hops, run through the ONNX step, resampled back and queued. With a model that
-reports its pass-through share (``pass_share``), what the DC blocker removed takes a path around
-the model and is added back where the model passes its input through, so passed-through music keeps
-everything (``ShareBypass``). The output stage mixes in the dry input (``mix``) and limits the
-output to the input's peak.
+gathered into whole hops, run through the ONNX step, resampled back and queued. Paths around the
+model (``Bypass``) carry what the model does not see: with a model that reports its pass-through
+share (``pass_share``), what the DC blocker removed is added back where the model passes its input
+through, so passed-through music keeps everything (``ShareBypass``); at a stream rate above the
+model's, the band above the model's (the exact complement of the resamplers' low-pass) is added
+back with a gain taken from the model's own suppression in its top band (``HighBand``). The output
+stage mixes in the dry input (``mix``) and limits the output to the input's peak.
 
 Why the output is identical for every block size: every stage emits all the output its input so far
 allows (the resampler's output count depends only on the total input count, the model runs on whole
@@ -47,6 +49,15 @@ RESET_RAMP_S = 0.02
 # this smoothing time constant (s) on the share; see ShareBypass.
 LOW_SMOOTH_S = 0.08
 
+# The high band (above the model's band, at stream rates above the model's) follows the model's gain in
+# its top band: from this fraction of the model's Nyquist frequency up (5 kHz for a 16 kHz model), with
+# band powers smoothed over this time (s) before their ratio is taken; see HighBand.
+TOP_BAND_FROM = 0.625
+HIGH_SMOOTH_S = 0.016
+# Taps of the top band's linear-phase high-pass (odd) and its Kaiser window's beta (~60 dB stop band).
+TOP_BAND_TAPS = 31
+TOP_BAND_BETA = 6.0
+
 # Model calls are capped at this many hops, which bounds memory for huge blocks while keeping the
 # per-call overhead negligible (measured: 64 hops per call runs ~4x faster per sample than 1 hop).
 MAX_HOPS_PER_CALL = 64
@@ -73,6 +84,11 @@ class Plan:
         return self.model.has_pass_share
 
     @property
+    def high_band(self) -> bool:
+        """Whether the stream has a band above the model's (its rate is above the model's); see HighBand."""
+        return self.sample_rate > self.model.sample_rate
+
+    @property
     def resampler_latency(self) -> int:
         """The resamplers' share of ``latency`` in stream samples (0 at the model's rate)."""
         if self.rs_in is None:
@@ -81,22 +97,58 @@ class Plan:
         return self.latency - round(model_only * self.sample_rate / self.model.sample_rate)
 
 
-class ShareBypass:
-    """A path around the model, joined at the model's rate along the model's pass-through share.
+class Bypass:
+    """A path around the model: the engine's one mechanism for the parts of the input the model does not see.
 
-    How a bypass path works (the engine's one mechanism for them): ``take`` splits its signal off the
-    block at the stream's rate into ``rows`` extra rows of the signal path, which ride with the model's
-    input through the input resampler and the hop buffer, so they reach the model's rate in step with
-    it; ``join`` delays them by the step's latency, so they line up with the step's output, and adds them
-    to that output, weighted as the path decides, before the output resampler. A path that joins at the
-    stream's rate instead would be delayed by ``plan.latency`` and added where the output stage mixes
-    in the dry input.
+    A path sees each block at the stream's rate with the model path's input (``take``) and may take
+    ``rows`` rows off it; they ride with the model's input through the input resampler and the hop
+    buffer, so they reach the model's rate in step with it. There ``join`` sees them with the step's
+    input and output, delays them by the step's latency, so they line up with the output, may change
+    that output, and may emit ``out_rows`` rows of its own; those ride with the model's output through
+    the output resampler and the output queue, so they come back to the stream's rate in step with it,
+    where ``finish`` combines them with the output and the input delayed by ``plan.latency`` (the dry
+    line, or what the path delays alike itself), before the wet/dry mix. Each stage is exact for any
+    block split, so a path is too.
 
-    This one carries the DC blocker's complement (what the blocker removed: the input below ~2 Hz) with a
-    gain that follows ``pass_share``: where the model passes its input through (share 1: its mask is
-    exactly 1) the output is the blocked input, delayed, and adding the complement, delayed alike, makes
-    it the input itself, below 2 Hz too (a DC-offset music render loses 8.6 dB SI-SDR to the blocker
-    alone); where the model works (share 0: speech) the blocker stays in full.
+    Its state (delay lines, filter histories, gains) is its own, in place; ``copy`` gives an independent one.
+    """
+
+    rows: int = 0
+    out_rows: int = 0
+
+    def take(self, x: np.ndarray, main: np.ndarray, out: np.ndarray) -> None:
+        """The path's rows ``out`` [rows, n] from the block ``x`` and the model path's input ``main`` (both
+        [channels, n], the stream's rate)."""
+
+    def join(self, signal: np.ndarray, model_in: np.ndarray, share: np.ndarray | None, y: np.ndarray,
+             emit: np.ndarray, plan: Plan, scratch: Scratch) -> None:
+        """At the model's rate: the path's rows ``signal`` [rows, k * hop], the model's input ``model_in`` and
+        output ``y`` [channels, k * hop] (``y`` changed in place), its pass-through ``share`` [channels, k]
+        (None: the model gave none); writes the path's ``emit`` [out_rows, k * hop]."""
+
+    def finish(self, out: np.ndarray, dry: np.ndarray, back: np.ndarray, scratch: Scratch) -> None:
+        """At the stream's rate: the output ``out`` [channels, n] (changed in place), the dry line ``dry``
+        [channels, n] and the path's emitted rows, resampled and aligned with both, ``back`` [out_rows, n]."""
+
+    def copy(self, plan: Plan) -> Bypass:
+        raise NotImplementedError
+
+
+def _valid_share(share: np.ndarray | None, plan: Plan, length: int, scratch: Scratch) -> np.ndarray:
+    """The model's pass-through ``share`` [channels, length // hop], or zeros where it gave none or a
+    non-finite one (a path then follows the model's processing)."""
+    if share is None or not math.isfinite(float(np.sum(share, out=scratch("share_sum", ())))):
+        share = scratch("share_zero", (plan.channels, length // plan.model.hop))
+        share.fill(0.0)
+    return share
+
+
+class ShareBypass(Bypass):
+    """The DC blocker's complement (what the blocker removed: the input below ~2 Hz), joined at the model's
+    rate with a gain that follows the model's ``pass_share``: where the model passes its input through
+    (share 1: its mask is exactly 1) the output is the blocked input, delayed, and adding the complement,
+    delayed alike, makes it the input itself, below 2 Hz too (a DC-offset music render loses 8.6 dB
+    SI-SDR to the blocker alone); where the model works (share 0: speech) the blocker stays in full.
 
     State, updated in place: the delay line [channels, step_latency] and the smoothed share at the end
     of the last hop, ``gain`` [channels, 1].
@@ -110,20 +162,16 @@ class ShareBypass:
         self.gain = np.full((self.rows, 1), plan.model.rest_share, np.float32)
 
     def take(self, x: np.ndarray, main: np.ndarray, out: np.ndarray) -> None:
-        """The path's signal ``out`` [rows, n] from the block ``x`` and the model path's input ``main``
-        (both [channels, n], the stream's rate): here what the DC blocker removed, ``x - main``."""
+        """What the DC blocker removed: ``x - main``."""
         np.subtract(x, main, out=out)
 
-    def join(self, signal: np.ndarray, share: np.ndarray | None, y: np.ndarray, plan: Plan,
-             scratch: Scratch) -> None:
-        """Delay ``signal`` [rows, k * hop] (model rate) by the step's latency and add it to the model output
-        ``y`` [channels, k * hop] along the model's ``share`` [channels, k] (None: the model gave none)."""
+    def join(self, signal: np.ndarray, model_in: np.ndarray, share: np.ndarray | None, y: np.ndarray,
+             emit: np.ndarray, plan: Plan, scratch: Scratch) -> None:
+        """Delay ``signal`` by the step's latency and add it to ``y`` along the model's smoothed ``share``."""
         hop, length = plan.model.hop, signal.shape[1]
         self.line.append(signal)
         delayed = self.line.head(length)
-        if share is None or not math.isfinite(float(np.sum(share, out=scratch("share_sum", ())))):
-            share = scratch("share_zero", (plan.channels, length // hop))
-            share.fill(0.0)
+        share = _valid_share(share, plan, length, scratch)
         active = scratch("bypass_active", (), np.bool_)
         if np.any(self.gain, out=active) or np.any(share, out=active):
             _join(y, delayed, share, self.gain, hop, plan.model.sample_rate, scratch)
@@ -135,18 +183,157 @@ class ShareBypass:
         return new
 
 
+class HighBand(Bypass):
+    """The band above the model's, at a stream rate above the model's rate, dereverberated with a gain per hop.
+
+    The band: the complement of what the model path carries, taken from the model path's own input (the
+    DC-blocked input; the DC blocker's complement has its own path). At the model's rate, ``join``
+    delays the model's input by the step's latency, as the model delays it, and subtracts it, times the
+    gain, from the model's output; at the stream's rate, ``finish`` adds the blocked input delayed by
+    ``plan.latency``, times the same gain resampled. With the gain at 1 the subtracted part is what the
+    model path gives for a model at pass-through, ``up(delay(down(main)))``, so a model at pass-through
+    gives back the blocked input itself, delayed: no notch or bump at the crossover, by construction,
+    and no latency beyond the engine's. With a gain g that moves, the path adds g times the high band
+    up to the commutator of g with the output resampler's low-pass, which the slow, ramped gain keeps
+    to the resampler's transition band.
+
+    The gain: the model's own suppression in its top band (TOP_BAND_FROM of its Nyquist frequency and
+    up: 5 to 8 kHz for a 16 kHz model), the square root of the ratio of its output's band power to its
+    delayed input's, each power measured per hop through a linear-phase high-pass and smoothed over
+    HIGH_SMOOTH_S, clamped to 0..1. Why the top band's gain: reverberation above 8 kHz decays faster
+    (air absorption) than in the top band, so the top band's suppression of a tail is at most what
+    the high band needs. Where the model passes its input through (``pass_share`` 1: music for the
+    shipped model's gate) the gain is 1, so music keeps its cymbals. The gain is emitted as a signal
+    at the model's rate, moving linearly between hop values, so it reaches the stream's rate through
+    the output resampler in step with the band it scales, whatever the rates, and cannot click.
+
+    State, updated in place: the blocked input at the stream's rate, delayed by ``plan.latency``
+    (``dry``), the model's input delayed by the step's latency [channels, step_latency], the
+    high-pass history of that and of the output [2 * channels, taps - 1], the smoothed band powers
+    ``power`` [2, channels] (input, output; float64), the top band's gain ``level`` [channels]
+    (float64) and the gain at the end of the last hop, with the share, ``gain`` [channels, 1].
+    """
+
+    def __init__(self, plan: Plan) -> None:
+        c = plan.channels
+        self.rows, self.out_rows = 0, c
+        self.dry = Fifo(c, prefill=plan.latency)
+        self.line = Fifo(c, prefill=plan.model.step_latency)
+        # the delayed input's rows, then the output's
+        self.hist = Fifo(2 * c, prefill=_top_band_filter(plan.model.sample_rate).size - 1)
+        self.power = np.zeros((2, c), np.float64)
+        self.level = np.ones(c, np.float64)  # the top band's gain, before the pass-through share
+        self.gain = np.ones((c, 1), np.float32)
+
+    def take(self, x: np.ndarray, main: np.ndarray, out: np.ndarray) -> None:
+        """No rows: the model's input is the path's signal at the model's rate; ``main`` is kept at the stream's."""
+        self.dry.append(main)
+
+    def join(self, signal: np.ndarray, model_in: np.ndarray, share: np.ndarray | None, y: np.ndarray,
+             emit: np.ndarray, plan: Plan, scratch: Scratch) -> None:
+        """Emit the gain signal [channels, k * hop] and subtract the delayed ``model_in``, times it, from ``y``."""
+        c, length = model_in.shape
+        hop, rate = plan.model.hop, plan.model.sample_rate
+        k = length // hop
+        self.line.append(model_in)
+        delayed = self.line.head(length)
+        both = self.hist.tail(length)
+        np.copyto(both[:c], delayed)
+        np.copyto(both[c:], y)
+        self.hist.commit(length)
+        taps = _top_band_filter(rate)
+        band = scratch("hb_band", (2 * c, k), np.float64)
+        _band_power(self.hist.head(length + taps.size - 1), taps, hop, band, scratch)
+        self.hist.drop(length)
+        # The recursion over hops runs on Python floats (float64, as the arrays): for the one to a few hops of a
+        # call, a dozen array operations per hop would cost more than the filtering above.
+        energy, shares = band.tolist(), _valid_share(share, plan, length, scratch).tolist()
+        power, level = self.power.tolist(), self.level.tolist()
+        a = 1.0 - math.exp(-hop / (rate * HIGH_SMOOTH_S))
+        floor = 1e-10 * hop  # a band power (per hop) below -100 dB per sample says nothing about the gain
+        gains = scratch("hb_gains", (c, k + 1))
+        gains[:, 0] = self.gain[:, 0]
+        for ch in range(c):
+            p_in, p_out, g = power[0][ch], power[1][ch], level[ch]
+            e_in, e_out, s_row = energy[ch], energy[c + ch], shares[ch]
+            for j in range(k):
+                p_in += a * (e_in[j] - p_in)
+                p_out += a * (e_out[j] - p_out)
+                if p_in >= floor:  # else keep the last gain
+                    g = min(1.0, math.sqrt(p_out / p_in))
+                # 1 where the model passes its input through
+                gains[ch, j + 1] = s_row[j] + (1.0 - s_row[j]) * g
+            self.power[0, ch], self.power[1, ch], self.level[ch] = p_in, p_out, g
+        prev, new = gains[:, :-1, None], gains[:, 1:, None]
+        ramp = emit.reshape(c, k, hop)
+        np.subtract(new, prev, out=ramp)
+        np.multiply(ramp, _hop_line(hop), out=ramp)
+        np.add(prev, ramp, out=ramp)
+        self.gain[:, 0] = gains[:, -1]
+        low = scratch("hb_low", (c, length))
+        np.multiply(emit, delayed, out=low)
+        np.subtract(y, low, out=y)
+        self.line.drop(length)
+
+    def finish(self, out: np.ndarray, dry: np.ndarray, back: np.ndarray, scratch: Scratch) -> None:
+        """Add the blocked input, delayed, times the gain ``back`` [channels, n]."""
+        c, n = out.shape
+        high = scratch("hb_high", (c, n))
+        np.multiply(self.dry.head(n), back, out=high)
+        np.add(out, high, out=out)
+        self.dry.drop(n)
+
+    def copy(self, plan: Plan) -> HighBand:
+        new = HighBand(plan)
+        new.dry, new.line, new.hist = self.dry.copy(), self.line.copy(), self.hist.copy()
+        new.power, new.level, new.gain = self.power.copy(), self.level.copy(), self.gain.copy()
+        return new
+
+
+@lru_cache(maxsize=8)
+def _top_band_filter(rate: int) -> np.ndarray:
+    """[TOP_BAND_TAPS] float32: a linear-phase high-pass at TOP_BAND_FROM of the Nyquist frequency of
+    ``rate`` (a Kaiser-windowed sinc low-pass, normalised to unity at DC, subtracted from a unit
+    impulse: an exact zero at DC), the taps in time order for a window ending at the newest sample."""
+    half = TOP_BAND_TAPS // 2
+    n = np.arange(-half, half + 1)
+    low = TOP_BAND_FROM * np.sinc(TOP_BAND_FROM * n) * np.kaiser(TOP_BAND_TAPS, TOP_BAND_BETA)
+    taps = -low / low.sum()
+    taps[half] += 1.0
+    taps = taps.astype(np.float32)
+    taps.flags.writeable = False
+    return taps
+
+
+def _band_power(buf: np.ndarray, taps: np.ndarray, hop: int, power: np.ndarray, scratch: Scratch) -> None:
+    """Per hop, the energy of ``buf`` [channels, taps - 1 + k * hop] (filter history first) through the
+    FIR ``taps``: ``power`` [channels, k] (float64)."""
+    c, total = buf.shape
+    t = taps.size
+    length = total - t + 1
+    wide = scratch("hb_buf", (c, total))
+    np.copyto(wide, buf)
+    s_row, s_col = wide.strides
+    # windows[c, s] = wide[c, s : s + taps], a strided view: one matrix-vector product for the whole call
+    windows = np.ndarray((c, length, t), np.float32, buffer=wide, strides=(s_row, s_col, s_col))
+    filtered = scratch("hb_filtered", (c, length))
+    np.matmul(windows, taps, out=filtered)
+    np.square(filtered, out=filtered)
+    np.sum(filtered.reshape(c, length // hop, hop), axis=2, dtype=np.float64, out=power)
+
+
 @dataclass
 class EngineState:
     """Everything that changes while a stream runs, in preallocated buffers that ``engine_step`` updates
     in place (so that a steady-state block allocates nothing; ``copy_state`` gives an independent copy).
 
     Model: the bound step (its state and IO buffers). Signal path: the resampler streams, the partial hop
-    at the model's rate (``pending``, [rows, < hop]: the input, then each bypass path's rows), the model
-    output waiting for the output resampler (``model_out``), the output queue at the stream's rate
-    (``queue``, starting with ``plan.prefill`` zeros), the DC blocker's state [channels, 2] and the
-    paths around the model (``bypasses``, see ``ShareBypass``). Output
-    stage: the input delayed by the latency (``dry``), the wet/dry mix (``mix`` the target, ``mix_now``
-    where a crossfade is, ``ramp`` its samples left), the running input peak (the output limit).
+    at the model's rate (``pending``, [rows, < hop]: the input, then each path's rows), the model output
+    waiting for the output resampler (``model_out``: the output, then each path's emitted rows), the
+    output queue at the stream's rate (``queue``, the same rows, starting with ``plan.prefill`` zeros),
+    the DC blocker's state [channels, 2] and the paths around the model (``bypasses``, see ``Bypass``).
+    Output stage: the input delayed by the latency (``dry``), the wet/dry mix (``mix`` the target,
+    ``mix_now`` where a crossfade is, ``ramp`` its samples left), the running input peak (the output limit).
     Counters since the stream began: non-finite input samples replaced, model state resets.
     """
 
@@ -157,7 +344,7 @@ class EngineState:
     model_out: Fifo
     queue: Fifo
     dc: np.ndarray
-    bypasses: tuple[ShareBypass, ...]
+    bypasses: tuple[Bypass, ...]
     dry: Fifo
     mix: float
     mix_now: float
@@ -209,17 +396,19 @@ def _max_holdback(rs_in: Resampler, hop: int, rs_out: Resampler) -> int:
 def initial_state(plan: Plan, mix: float = 1.0) -> EngineState:
     """A stream's start: the model's rest state, empty buffers, the output queue prefilled, ``mix`` (0..1)."""
     c = plan.channels
-    bypasses = (ShareBypass(plan),) if plan.low_bypass else ()
-    rows = c + sum(b.rows for b in bypasses)  # the bypass paths travel with the input
+    bypasses: tuple[Bypass, ...] = ((ShareBypass(plan),) if plan.low_bypass else ()) + (
+        (HighBand(plan),) if plan.high_band else ())
+    rows = c + sum(b.rows for b in bypasses)  # the paths' rows travel with the input
+    rows_out = c + sum(b.out_rows for b in bypasses)  # and with the output
     bound = plan.model.bind(c, MAX_HOPS_PER_CALL)
     bound.load(plan.model.initial_state(c))
     state = EngineState(
         bound=bound,
         rs_in=ResamplerStream(plan.rs_in, rows) if plan.rs_in else None,
-        rs_out=ResamplerStream(plan.rs_out, c) if plan.rs_out else None,
+        rs_out=ResamplerStream(plan.rs_out, rows_out) if plan.rs_out else None,
         pending=Fifo(rows),
-        model_out=Fifo(c),
-        queue=Fifo(c, prefill=plan.prefill),
+        model_out=Fifo(rows_out),
+        queue=Fifo(rows_out, prefill=plan.prefill),
         dc=dcblock.initial_state(c),
         bypasses=bypasses,
         dry=Fifo(c, prefill=plan.latency),
@@ -229,7 +418,7 @@ def initial_state(plan: Plan, mix: float = 1.0) -> EngineState:
     if state.rs_out is not None:
         # The output resampler's first outputs can precede its first input (its extra delay f puts output
         # 0 before the stream's start): emit them now, as the prefill (_max_holdback) counts on.
-        state.rs_out.push(np.zeros((c, 0), np.float32), state.queue)
+        state.rs_out.push(np.zeros((rows_out, 0), np.float32), state.queue)
     return state
 
 
@@ -248,6 +437,14 @@ def copy_state(plan: Plan, state: EngineState) -> EngineState:
     new.mix_now, new.ramp, new.input_peak = state.mix_now, state.ramp, state.input_peak
     new.nonfinite_inputs, new.state_resets = state.nonfinite_inputs, state.state_resets
     return new
+
+
+@lru_cache(maxsize=8)
+def _hop_line(hop: int) -> np.ndarray:
+    """[hop] float32: (1..hop) / hop, a linear move over one hop that ends on the new value."""
+    line = (np.arange(1, hop + 1) / hop).astype(np.float32)
+    line.flags.writeable = False
+    return line
 
 
 @lru_cache(maxsize=8)
@@ -351,9 +548,14 @@ def _step(plan: Plan, block: np.ndarray, state: EngineState, out: np.ndarray) ->
     state.input_peak = max(state.input_peak, min(peak, INPUT_LIMIT))
     resets = state.state_resets
     _model_path(plan, x, state)
-    np.copyto(out, state.queue.head(n))
-    state.queue.drop(n)
+    queued = state.queue.head(n)
+    np.copyto(out, queued[:c])
     dry = state.dry.head(n)
+    row = c
+    for path in state.bypasses:
+        path.finish(out, dry, queued[row : row + path.out_rows], scratch)
+        row += path.out_rows
+    state.queue.drop(n)
     if state.state_resets != resets:
         # The model restarted from rest: fall back to the (aligned) input and fade back into the model
         # output over RESET_RAMP_S, so the event is a short wet/dry blend instead of a click.
@@ -399,12 +601,14 @@ def _model_path(plan: Plan, x: np.ndarray, state: EngineState) -> None:
     # per-call overhead negligible (measured: 64 hops per call runs ~4x faster per sample than 1 hop).
     for start in range(0, whole, span):
         length = min(span, whole - start)
-        y = sink.tail(length)
+        rows_out = sink.tail(length)
+        y = rows_out[:c]
         share = _run_model(plan, buf[:c, start : start + length], y, state)
-        row = c
+        row, row_out = c, c
         for path in state.bypasses:
-            path.join(buf[row : row + path.rows, start : start + length], share, y, plan, scratch)
-            row += path.rows
+            path.join(buf[row : row + path.rows, start : start + length], buf[:c, start : start + length], share,
+                      y, rows_out[row_out : row_out + path.out_rows], plan, scratch)
+            row, row_out = row + path.rows, row_out + path.out_rows
         sink.commit(length)
     state.pending.drop(whole)
     if state.rs_out is not None:
