@@ -285,9 +285,12 @@ def _summary(ours_early: float, wpe_pesq: float) -> dict:
 
 
 def test_check_targets_known_cases() -> None:
-    rows = {r["target"]: r for r in E.check_targets(_summary(ours_early=5.5, wpe_pesq=1.5))}
+    rows = {r["target"]: r for r in E.check_targets(_summary(ours_early=3.5, wpe_pesq=1.5))}
     assert rows["rt60 0.4-0.8: dSI-SDR vs early-50 (dB)"]["met"] is True
-    assert rows["rt60>0.8: dSI-SDR vs early-50 (dB)"]["met"] is False  # 5.5 < 6
+    assert rows["rt60>0.8: dSI-SDR vs early-50 (dB)"]["met"] is False  # 3.5 < 4
+    assert rows["rt60 0.4-0.8: dSI-SDR vs direct path (dB)"]["met"] is True  # 2.5 >= 1.5
+    assert rows["rt60 0.4-0.8: dDNSMOS OVRL"]["met"] is False  # 0.5 < 0.8
+    assert rows["dry: SI-SDR of output vs input (dB)"]["met"] is False  # 25 < 30
     assert rows["rt60 0.4-0.8: pesq minus the better WPE"]["value"] == pytest.approx(0.5)
     assert rows["rt60<0.3: change of si_sdr_early"]["met"] is False  # -0.6 < -0.5
     # Without a paired delta the change is the difference of the means: 3.9 - 4.0.
@@ -296,7 +299,7 @@ def test_check_targets_known_cases() -> None:
     assert rows["rt60<0.3: change of dnsmos_sig"]["met"] is True
     assert rows["music: dSI-SDR vs early-50 (dB)"]["met"] is True
     # WPE better on one metric: that row, and only that row of the comparison, fails.
-    worse = {r["target"]: r for r in E.check_targets(_summary(ours_early=5.5, wpe_pesq=2.1))}
+    worse = {r["target"]: r for r in E.check_targets(_summary(ours_early=3.5, wpe_pesq=2.1))}
     failed = [t for t, r in worse.items() if "WPE" in t and not r["met"]]
     assert failed == ["rt60 0.4-0.8: pesq minus the better WPE", "rt60>0.8: pesq minus the better WPE"]
     # A missing group is reported as unknown, not as met.
