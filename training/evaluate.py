@@ -6,7 +6,11 @@ Usage::
         --corpus /work/data/corpus --rooms /work/data/rooms \\
         [--split test] [--count 96] [--seed 0] [--seconds 6] [--warmup 0] [--jobs 2] \\
         [--warm-seconds 12] [--warm-score-from 4] [--no-warm] \\
-        [--out docs/eval/NAME.json] [--markdown docs/eval/NAME.md] [--no-baselines] [--no-dnsmos]
+        [--out docs/eval/NAME.json] [--markdown docs/eval/NAME.md] [--no-baselines] [--no-dnsmos] [--rate 16000]
+
+``--rate`` above 16000 (e.g. 48000, with a corpus and rooms rendered at that rate by
+``python -m training.fullband``) scores the same test-set plan at that stream rate, per band: see
+:func:`training.fullband.evaluate_at_rate`. Everything below describes the 16 kHz evaluation.
 
 Test set (deterministic for a given corpus, rooms, split, count, seed, seconds and warmup):
 
@@ -287,17 +291,18 @@ def plan_examples(cfg: EvalConfig) -> list[ExampleSpec]:
 # --------------------------------------------------------------------------------------
 # Building one example
 # --------------------------------------------------------------------------------------
-def _read_audio(path: str) -> np.ndarray:
+def _read_audio(path: str, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """First channel of an audio file, float32 [n]; raises ValueError unless it is at ``rate`` Hz."""
     import soundfile as sf
 
     x, sr = sf.read(path, dtype="float32", always_2d=True)
-    if sr != SAMPLE_RATE:
-        raise ValueError(f"{path}: expected {SAMPLE_RATE} Hz, got {sr}")
+    if sr != rate:
+        raise ValueError(f"{path}: expected {rate} Hz, got {sr}")
     return x[:, 0]
 
 
-def build_example(spec: ExampleSpec, seconds: float, warmup: float = 0.0) -> dict[str, Any]:
-    """Rebuild ``spec``.
+def build_example(spec: ExampleSpec, seconds: float, warmup: float = 0.0, rate: int = SAMPLE_RATE) -> dict[str, Any]:
+    """Rebuild ``spec`` from clips and a RIR at ``rate`` Hz (the mixing at that rate too).
 
     Returns ``{"input", "early", "direct": float32 [n], "score_from": int, "info": dict}``:
     systems process all ``n`` samples; metrics use ``[score_from:]`` only (``score_from`` =
@@ -312,15 +317,15 @@ def build_example(spec: ExampleSpec, seconds: float, warmup: float = 0.0) -> dic
     from training.mixing import MixConfig, make_example
 
     rng = np.random.default_rng(spec.seed)
-    dry = _read_audio(spec.clip_path)
-    seg = int(round(seconds * SAMPLE_RATE))
+    dry = _read_audio(spec.clip_path, rate)
+    seg = int(round(seconds * rate))
     start = int(rng.integers(0, len(dry) - seg + 1)) if len(dry) > seg else 0
     stop = min(len(dry), start + seg)
-    n_warm = int(round(warmup * SAMPLE_RATE))
+    n_warm = int(round(warmup * rate))
     if n_warm > 0:
         if spec.warmup_path is None:
             raise ValueError("warm-up requested but the example has no warm-up clip")
-        warm = _read_audio(spec.warmup_path)
+        warm = _read_audio(spec.warmup_path, rate)
         if len(warm) < n_warm:  # tile short clips; the exact content only has to be plausible
             warm = np.tile(warm, int(np.ceil(n_warm / max(1, len(warm)))))
         dry = np.concatenate([warm[-n_warm:], dry[start:stop]])
@@ -331,11 +336,11 @@ def build_example(spec: ExampleSpec, seconds: float, warmup: float = 0.0) -> dic
     import soundfile as sf
 
     rir, sr = sf.read(spec.room_path, dtype="float32", always_2d=True)
-    if sr != SAMPLE_RATE:
-        raise ValueError(f"{spec.room_path}: expected {SAMPLE_RATE} Hz, got {sr}")
+    if sr != rate:
+        raise ValueError(f"{spec.room_path}: expected {rate} Hz, got {sr}")
     # Training's augmentations (level, EQ, noise) stay on; only the anechoic substitution is
     # off, because every reverb/music test example must actually be reverberant.
-    mix_cfg = dataclasses.replace(MixConfig(), anechoic_prob=0.0)
+    mix_cfg = dataclasses.replace(MixConfig(), anechoic_prob=0.0, sample_rate=rate)
     ex = make_example(dry[:stop], rir[:, 0], rng, mix_cfg, info={"rt60": spec.rt60}, valid_from=start)
     info = {k: v for k, v in ex.info.items() if isinstance(v, (int, float, str, bool))}
     info["crop_start"] = start
@@ -1090,6 +1095,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[EvalConfig, argparse.
     p.add_argument("--markdown", default=None, help="write the Markdown tables here")
     p.add_argument("--no-baselines", action="store_true", help="skip WPE online/offline")
     p.add_argument("--no-dnsmos", action="store_true", help="skip DNSMOS (the slowest metric)")
+    p.add_argument("--rate", type=int, default=SAMPLE_RATE,
+                   help="stream rate, Hz; above 16000 the corpus and rooms must be at this rate and the "
+                        "evaluation is training.fullband's (per band, input and model only, one process)")
     a = p.parse_args(argv)
     if a.count < 1:
         p.error("--count must be >= 1")
@@ -1109,6 +1117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.model and cfg.model != PASSTHROUGH and not Path(cfg.model).is_file():
         print(f"error: model {cfg.model} not found", file=sys.stderr)
         return 2
+    if a.rate != SAMPLE_RATE:
+        from training.fullband import run_at_rate
+
+        return run_at_rate(cfg, a.rate, a.out, a.markdown)
     result = evaluate(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
     name = Path(cfg.model).stem if cfg.model else "baselines"
     md = markdown_table(result["summary"], title=f"{name} on {cfg.split} ({len(result['examples'])} examples, "
