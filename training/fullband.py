@@ -262,14 +262,15 @@ def tail_drop_db(x: np.ndarray, y: np.ndarray, frames: np.ndarray, rate: int) ->
 
 
 def band_scores(kind: str, y: np.ndarray, x: np.ndarray, early: np.ndarray, direct: np.ndarray, rate: int,
-                with_high: bool, tails: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float | None]:
+                with_high: bool, tails: tuple[np.ndarray, np.ndarray] | None = None
+                ) -> dict[str, float | None]:
     """The per-band scores of one system's output ``y`` for input ``x`` (all float [n] at ``rate``, aligned).
 
     reverb/music: SI-SDR against ``early`` (early-50) and ``direct`` in the whole band, against early-50
     below 8 kHz (``si_sdr_early_low``) and, if ``with_high``, at 8-20 kHz (``si_sdr_early_high``); for
     reverb also the tail drop (:func:`tail_drop_db`, input -> output) below 8 kHz and at 8-20 kHz, each over
-    its band's ``tails`` (:func:`tail_frames`, low then high). dry: SI-SDR against the input, whole and per band, and the output's 8-20 kHz energy relative to
-    the input's (``high_energy_db``). The bands: :func:`split_bands`, the same filter on every signal."""
+    its band's ``tails`` (:func:`tail_frames`, low then high). dry: SI-SDR against the input, whole and per
+    band, and the output's 8-20 kHz energy relative to the input's (``high_energy_db``). The bands: :func:`split_bands`, the same filter on every signal."""
     from training.metrics import si_sdr
 
     y_lo, y_hi = split_bands(y, rate)
@@ -378,7 +379,8 @@ def evaluate_at_rate(cfg: Any, rate: int, log: Any = print) -> dict[str, Any]:
         records.append({"index": spec.index, "kind": spec.kind, "clip": spec.clip_id, "voice": spec.voice,
                         "room": spec.room_id, "rt60": spec.rt60,
                         "bin": spec.kind if spec.kind != "reverb" else ev.rt60_bin(float(spec.rt60)),
-                        "seconds": len(x) / rate, **res})
+                        "seconds": len(x) / rate, "mix": {k: v for k, v in ex["info"].items()
+                                                          if isinstance(v, (int, float, str, bool))}, **res})
         if k % 5 == 0 or k == len(specs):
             log(f"  {k}/{len(specs)} examples")
     summary = aggregate_at_rate(records)
