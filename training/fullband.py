@@ -270,7 +270,8 @@ def band_scores(kind: str, y: np.ndarray, x: np.ndarray, early: np.ndarray, dire
     below 8 kHz (``si_sdr_early_low``) and, if ``with_high``, at 8-20 kHz (``si_sdr_early_high``); for
     reverb also the tail drop (:func:`tail_drop_db`, input -> output) below 8 kHz and at 8-20 kHz, each over
     its band's ``tails`` (:func:`tail_frames`, low then high). dry: SI-SDR against the input, whole and per
-    band, and the output's 8-20 kHz energy relative to the input's (``high_energy_db``). The bands: :func:`split_bands`, the same filter on every signal."""
+    band, and the output's 8-20 kHz energy relative to the input's (``high_energy_db``). The bands:
+    :func:`split_bands`, the same filter on every signal."""
     from training.metrics import si_sdr
 
     y_lo, y_hi = split_bands(y, rate)
