@@ -145,6 +145,10 @@ def test_a_band_limited_reference_has_no_high_band() -> None:
     res = F.score_signals({"unprocessed": lambda s: s}, "reverb", wet.astype(np.float32), early, dry, RATE,
                           speech_metrics=False)
     assert not res["with_high"] and "si_sdr_early_high" not in res["systems"]["unprocessed"]
+    # the dry clip's own share, when given, decides
+    forced = F.score_signals({"unprocessed": lambda s: s}, "reverb", wet.astype(np.float32), early, dry, RATE,
+                             speech_metrics=False, high_share_db=-20.0)
+    assert forced["with_high"] and "si_sdr_early_high" in forced["systems"]["unprocessed"]
 
 
 def _small_bank(tmp: Path, rate: int) -> tuple[R.RoomConfig, dict]:
