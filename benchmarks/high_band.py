@@ -108,8 +108,9 @@ def synthetic_room(dry: np.ndarray, rate: int, rt60: float = 0.6) -> tuple[np.nd
 
 
 def tail_frames(dry: np.ndarray, reverberant: np.ndarray, rate: int, lo: float, hi: float) -> np.ndarray:
-    """[frames // (rate / 50)] bool: the 20 ms frames after speech offsets in lo..hi Hz, where the dry band
-    is 30 dB below its loud frames (95th percentile) and the reverberant one is not 50 dB below them."""
+    """[frames // (rate / 50)] bool: the 20 ms frames of the reverberant tail in lo..hi Hz: the dry band is
+    30 dB below its loud frames (95th percentile: the source is silent there) and the reverberant one
+    is not 50 dB below them (the room still rings)."""
     e_dry, e_in = frame_energy(dry, rate, lo, hi), frame_energy(reverberant, rate, lo, hi)
     loud = np.percentile(e_dry, 95)
     return (e_dry < loud * 1e-3) & (e_in > loud * 1e-5)

@@ -264,8 +264,9 @@ def known_limits(cfg: ModelConfig, noise_floor: dict | None = None, targets: lis
     limits = [
         "Trained on synthetic speech (Debian TTS voices) and simulated rooms (pyroomacoustics); real voices "
         "and real rooms are not in the training data.",
-        f"Runs at {cfg.sample_rate} Hz: at higher stream rates the output holds nothing above "
-        f"{cfg.sample_rate / 2000:g} kHz (the resampler's low-pass).",
+        f"Runs at {cfg.sample_rate} Hz: at higher stream rates the band above the model's goes around it "
+        "(the runtime's high-band path), scaled by one gain per hop from the model's top band: no frequency "
+        "resolution there.",
         "Content below about 2 Hz (a DC offset) is removed before the model (the runtime's DC blocker)"
         + ("; where the model passes its input through (music), the runtime adds it back." if cfg.music_gate else "."),
     ]

@@ -1118,6 +1118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: model {cfg.model} not found", file=sys.stderr)
         return 2
     if a.rate != SAMPLE_RATE:
+        if a.rate < SAMPLE_RATE:
+            print(f"error: --rate {a.rate}: 16000 (the model's) or a full-band rate above it", file=sys.stderr)
+            return 2
         from training.fullband import run_at_rate
 
         return run_at_rate(cfg, a.rate, a.out, a.markdown)

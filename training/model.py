@@ -512,9 +512,14 @@ class MaskLSTM(nn.Module):
         ``step``, or with the predictor its predictions streamed first (float32, no gradient) and the
         network then run over the segment on them (``with_predictions``). ``bf16``: the network under
         CPU bfloat16 autocast (see ``forward``)."""
-        given = self.predictions(audio, state)[0] if self.cfg.rls_taps else None
+        if not self.cfg.rls_taps:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return self.step(audio, state)
+        given, final = self.predictions(audio, state)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            return self.step(audio, state) if given is None else self.with_predictions(audio, state, given)
+            res = self.with_predictions(audio, state, given)
+        # The predictor's states at the segment's end are the streamed pass's (with_predictions leaves them).
+        return res._replace(state={**res.state, **{k: final[k] for k in RLS_STATES}})
 
     @torch.no_grad()
     def predictions(self, audio: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:

@@ -162,9 +162,9 @@ def update_complex(g: Tensor, p: Tensor, level: Tensor, weight: Tensor, x: Tenso
     q = (xc.conj() * px).sum(-1).real
     denom = lam + q
     err = dc - (gc.conj() * xc).sum(-1)
-    gain = px / denom[..., None]  # the RLS gain vector k
-    g_new = gc + gain * err.conj()[..., None]
-    p_new = (pc - gain[..., :, None] * px.conj()[..., None, :]) * (1.0 / lam)
+    g_new = gc + px / denom[..., None] * err.conj()[..., None]
+    # (P x)(P x)^H / (lam + q): exactly Hermitian in floating point, as in ``update``.
+    p_new = (pc - px[..., :, None] * px.conj()[..., None, :] / denom[..., None, None]) * (1.0 / lam)
     diag = torch.diagonal(p_new, dim1=-2, dim2=-1).real
     tr = diag.sum(-1)
     t_max = k / (cfg.delta * torch.clamp(new_level, min=TINY))

@@ -414,6 +414,9 @@ def test_training_with_given_predictions_is_the_streaming_step(gate):
     init_weights(model, base.state_dict())
     if gate:
         model = _with_gate(model)
+        with torch.no_grad():  # a head that opens the gate on some frames, partly
+            model.music_gate.weight.normal_(0, 2.0)
+            model.music_gate.bias.zero_()
     torch.manual_seed(1)
     # Noise through a decaying comb: a late part the filter can predict, so the predictions move.
     x = torch.randn(2, 256 * 60) * 0.1
@@ -423,13 +426,21 @@ def test_training_with_given_predictions_is_the_streaming_step(gate):
     pred, final = model.predictions(x, start)
     assert pred.shape == (2, 60, 2, cfg.rls_bins) and float(pred.abs().max()) > 1e-3
     streamed = model.step(x, start)
+    if gate:
+        share = streamed.pass_share
+        assert float(share.max() - share.min()) > 0.1 and bool(((share > 0) & (share < 1)).all())  # the blend moves
     forced = model.with_predictions(x, start, pred)
     scale = float(streamed.audio.abs().max())
     assert float((forced.audio - streamed.audio).abs().max()) < 1e-5 * scale
     for k in ("lstm_h", "lstm_c"):
         assert torch.allclose(forced.state[k], streamed.state[k], atol=1e-5)
         assert torch.allclose(final[k], streamed.state[k], atol=1e-6)
-    assert torch.equal(model.train_step(x, start).audio, forced.audio)  # what training and the gate's run use
+    trained = model.train_step(x, start)  # what training and the gate's run use
+    assert torch.equal(trained.audio, forced.audio)
+    for k in ("pred_hist", "rls_g", "rls_p", "rls_level", "rls_weight"):  # the streamed pass's end state
+        scale = float(streamed.state[k].abs().max()) + 1e-30
+        assert float((final[k] - streamed.state[k]).abs().max()) <= 1e-4 * scale, k
+        assert torch.equal(trained.state[k], final[k]), k
     model.train()
     model.with_predictions(x, start, pred).audio.square().mean().backward()
     assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for n, p in model.named_parameters()
