@@ -47,6 +47,30 @@ def _nonfinite(v: Tensor, dims: int) -> Tensor:
     return bad
 
 
+def _level(energy: Tensor, level: Tensor, weight: Tensor, cfg: PredictorConfig
+           ) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor, Tensor]:
+    """The per-bin bookkeeping of an update from the regressor's power per tap ``energy`` [..., F]:
+    (active, fresh, settling or None, the regressor's scale for the burst clip, the new level, the new
+    weight). A bin only measures its level for its first ``settle`` active hops: the weight of n active
+    hops from a fresh start is 1 - lam ** n (settle 0: never; a fresh bin's own hop still sets its
+    level)."""
+    lam = cfg.lam
+    active = energy > cfg.floor
+    fresh = active & (weight <= 0)
+    settling = active & (weight < 1 - lam ** cfg.settle) if cfg.settle > 0 else None
+    if cfg.clip > 0:
+        unclipped = fresh if settling is None else fresh | settling
+        capped = torch.where(unclipped, energy, torch.minimum(energy, cfg.clip * level))
+    else:
+        capped = energy
+    scale = torch.sqrt(capped / torch.clamp(energy, min=TINY))
+    w_new = lam * weight + (1 - lam)
+    new_level = torch.where(fresh, energy, (lam * weight * level + (1 - lam) * capped) / torch.clamp(w_new, min=TINY))
+    new_level = torch.where(active, new_level, level)
+    new_weight = torch.where(active, w_new, weight)
+    return active, fresh, settling, scale, new_level, new_weight
+
+
 def update(g: Tensor, p: Tensor, level: Tensor, weight: Tensor, x: Tensor, d: Tensor,
            cfg: PredictorConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One RLS update towards ``d`` from ``x``: returns the new (g, P, level, weight). The same
@@ -62,24 +86,10 @@ def update(g: Tensor, p: Tensor, level: Tensor, weight: Tensor, x: Tensor, d: Te
     lam = cfg.lam
     xr, xi = x.unbind(-3)
     energy = (xr * xr + xi * xi).sum(-1) / k  # [..., F] power per tap
-    active = energy > cfg.floor
-    fresh = active & (weight <= 0)
-    # A bin only measures its level for its first ``settle`` active hops: the weight of n active hops
-    # from a fresh start is 1 - lam ** n (settle 0: never; a fresh bin's own hop still sets its level).
-    settling = active & (weight < 1 - lam ** cfg.settle) if cfg.settle > 0 else None
-    if cfg.clip > 0:
-        unclipped = fresh if settling is None else fresh | settling
-        capped = torch.where(unclipped, energy, torch.minimum(energy, cfg.clip * level))
-    else:
-        capped = energy
-    scale = torch.sqrt(capped / torch.clamp(energy, min=TINY))
+    active, fresh, settling, scale, new_level, new_weight = _level(energy, level, weight, cfg)
     x = x * scale[..., None, :, None]
     d = d * scale[..., None, :]
     xr, xi = x.unbind(-3)
-    w_new = lam * weight + (1 - lam)
-    new_level = torch.where(fresh, energy, (lam * weight * level + (1 - lam) * capped) / torch.clamp(w_new, min=TINY))
-    new_level = torch.where(active, new_level, level)
-    new_weight = torch.where(active, w_new, weight)
     # I (re) and 0 (im), stacked like P: [2, 1, K, K].
     eye = torch.stack([torch.eye(k, dtype=x.dtype, device=x.device), torch.zeros(k, k, dtype=x.dtype, device=x.device)])[:, None]
     start = eye / (cfg.delta * torch.clamp(new_level, min=TINY))[..., None, :, None, None]  # [..., 2, F, K, K]
@@ -140,21 +150,8 @@ def update_complex(g: Tensor, p: Tensor, level: Tensor, weight: Tensor, x: Tenso
     gc, xc = torch.complex(g[..., 0, :, :], g[..., 1, :, :]), torch.complex(x[..., 0, :, :], x[..., 1, :, :])
     pc = torch.complex(p[..., 0, :, :, :], p[..., 1, :, :, :])
     dc = torch.complex(d[..., 0, :], d[..., 1, :])
-    energy = (x * x).sum((-3, -1)) / k
-    active = energy > cfg.floor
-    fresh = active & (weight <= 0)
-    settling = active & (weight < 1 - lam ** cfg.settle) if cfg.settle > 0 else None
-    if cfg.clip > 0:
-        unclipped = fresh if settling is None else fresh | settling
-        capped = torch.where(unclipped, energy, torch.minimum(energy, cfg.clip * level))
-    else:
-        capped = energy
-    scale = torch.sqrt(capped / torch.clamp(energy, min=TINY))
+    active, fresh, settling, scale, new_level, new_weight = _level((x * x).sum((-3, -1)) / k, level, weight, cfg)
     xc, dc = xc * scale[..., None], dc * scale
-    w_new = lam * weight + (1 - lam)
-    new_level = torch.where(fresh, energy, (lam * weight * level + (1 - lam) * capped) / torch.clamp(w_new, min=TINY))
-    new_level = torch.where(active, new_level, level)
-    new_weight = torch.where(active, w_new, weight)
     eye = torch.eye(k, dtype=pc.dtype, device=pc.device)
     start = eye / (cfg.delta * torch.clamp(new_level, min=TINY))[..., None, None]  # [..., F, K, K]
     pc = torch.where(fresh[..., None, None], start, pc)
